@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast test-disruptive bench lint broker venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+broker:
+	@bash scripts/ensure-rabbitmq.sh
+
+demo: venv broker
+	$(PY) -m geamqp perf --duration 10
+
+# Everything except the tests that disturb the whole broker, in parallel-safe
+# order; then those, one at a time.
+test: venv broker
+	$(PY) -m pytest -m "not broker_disruptive" -q
+	$(PY) -m pytest -m broker_disruptive -q; rc=$$?; \
+		if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi
+
+bench: venv broker
+	$(PY) benchmarks/codec.py
+	$(PY) benchmarks/compare.py
+
+lint: venv
+	$(PY) -m ruff check geamqp tests benchmarks examples
+	$(PY) -m mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,381 @@
+"""Field values, tables and arrays: AMQP 0-9-1 section 4.2.5, as RabbitMQ speaks it.
+
+RabbitMQ's type tags differ from the 0-9-1 spec's (see the errata at
+rabbitmq.com/amqp-0-9-1-errata): ``s`` is a *signed* 16-bit int, ``u`` an
+unsigned 16-bit int, ``l`` a signed 64-bit int, ``x`` a byte array. Those are
+the tags used here, in both directions.
+
+Rules:
+- Decoding never trusts a length: every read is bounds-checked against the
+  buffer before it happens, and anything malformed raises `InvalidFieldError`
+  (reply code 502) — never `struct.error`, `IndexError` or a huge allocation.
+- Tables and arrays nest at most `MAX_DEPTH` levels.
+- Values decode to plain Python types; where a tag's width or signedness would
+  be lost, the value is a subclass of int / float / bytes that remembers its
+  tag, so decoding and re-encoding gives back the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from ..exceptions import InvalidFieldError
+
+__all__ = [
+    "MAX_DEPTH",
+    "Float32",
+    "Int8",
+    "Int16",
+    "LongStrBytes",
+    "UInt8",
+    "UInt16",
+    "UInt32",
+    "decode_array",
+    "decode_table",
+    "decode_table_at",
+    "encode_array",
+    "encode_table",
+]
+
+MAX_DEPTH = 32
+
+_UTC = datetime.timezone.utc
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=_UTC)
+
+
+class Int8(int):
+    """A table value tagged ``b`` (signed 8-bit)."""
+
+
+class UInt8(int):
+    """A table value tagged ``B`` (unsigned 8-bit)."""
+
+
+class Int16(int):
+    """A table value tagged ``s`` (signed 16-bit, RabbitMQ's meaning)."""
+
+
+class UInt16(int):
+    """A table value tagged ``u`` (unsigned 16-bit)."""
+
+
+class UInt32(int):
+    """A table value tagged ``i`` (unsigned 32-bit)."""
+
+
+class Float32(float):
+    """A table value tagged ``f`` (single precision)."""
+
+
+class LongStrBytes(bytes):
+    """A ``S`` long string whose bytes are not UTF-8; re-encodes as ``S``, not ``x``."""
+
+
+_B = struct.Struct(">b")
+_BU = struct.Struct(">B")
+_S = struct.Struct(">h")
+_SU = struct.Struct(">H")
+_I = struct.Struct(">i")
+_IU = struct.Struct(">I")
+_L = struct.Struct(">q")
+_LU = struct.Struct(">Q")
+_F = struct.Struct(">f")
+_D = struct.Struct(">d")
+_DEC = struct.Struct(">Bi")
+
+# --------------------------------------------------------------------------- decoding
+
+_Decoder = Callable[[bytes, int, int], "tuple[Any, int]"]
+
+
+def _need(buf: bytes, end: int, what: str) -> None:
+    if end > len(buf):
+        raise InvalidFieldError(f"truncated {what}: needs {end} bytes, has {len(buf)}")
+
+
+def _fixed(st: struct.Struct, wrap: Callable[[Any], Any] | None) -> _Decoder:
+    size = st.size
+    unpack = st.unpack_from
+
+    def decode(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+        _need(buf, pos + size, "field value")
+        value = unpack(buf, pos)[0]
+        return (wrap(value) if wrap else value), pos + size
+
+    return decode
+
+
+def _decode_bool(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    _need(buf, pos + 1, "boolean")
+    return buf[pos] != 0, pos + 1
+
+
+def _decode_longstr_raw(buf: bytes, pos: int) -> tuple[bytes, int]:
+    _need(buf, pos + 4, "long string length")
+    (length,) = _IU.unpack_from(buf, pos)
+    end = pos + 4 + length
+    _need(buf, end, "long string")
+    return bytes(buf[pos + 4 : end]), end
+
+
+def _decode_longstr(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    raw, pos = _decode_longstr_raw(buf, pos)
+    try:
+        return raw.decode("utf-8"), pos
+    except UnicodeDecodeError:
+        return LongStrBytes(raw), pos
+
+
+def _decode_bytes(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    return _decode_longstr_raw(buf, pos)
+
+
+def _decode_decimal(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    _need(buf, pos + 5, "decimal")
+    scale, value = _DEC.unpack_from(buf, pos)
+    return Decimal(value).scaleb(-scale), pos + 5
+
+
+def _decode_timestamp(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    _need(buf, pos + 8, "timestamp")
+    (seconds,) = _LU.unpack_from(buf, pos)
+    try:
+        return _EPOCH + datetime.timedelta(seconds=seconds), pos + 8
+    except OverflowError:
+        raise InvalidFieldError(f"timestamp {seconds} is out of range") from None
+
+
+def _decode_void(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    return None, pos
+
+
+def _decode_nested_table(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    return decode_table_at(buf, pos, depth + 1)
+
+
+def _decode_nested_array(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    return _decode_array_at(buf, pos, depth + 1)
+
+
+_DECODERS: dict[int, _Decoder] = {
+    ord("t"): _decode_bool,
+    ord("b"): _fixed(_B, Int8),
+    ord("B"): _fixed(_BU, UInt8),
+    ord("s"): _fixed(_S, Int16),
+    ord("u"): _fixed(_SU, UInt16),
+    ord("I"): _fixed(_I, None),
+    ord("i"): _fixed(_IU, UInt32),
+    ord("l"): _fixed(_L, None),
+    ord("f"): _fixed(_F, Float32),
+    ord("d"): _fixed(_D, None),
+    ord("D"): _decode_decimal,
+    ord("S"): _decode_longstr,
+    ord("x"): _decode_bytes,
+    ord("T"): _decode_timestamp,
+    ord("V"): _decode_void,
+    ord("F"): _decode_nested_table,
+    ord("A"): _decode_nested_array,
+}
+
+
+def _decode_value(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    _need(buf, pos + 1, "field type tag")
+    tag = buf[pos]
+    decoder = _DECODERS.get(tag)
+    if decoder is None:
+        raise InvalidFieldError(f"unknown field type tag {tag!r} ({chr(tag)!r})")
+    return decoder(buf, pos + 1, depth)
+
+
+def decode_table_at(buf: bytes, pos: int, depth: int = 1) -> tuple[dict[str, Any], int]:
+    """Decode the field table starting at `pos`; returns it and the offset after it."""
+    if depth > MAX_DEPTH:
+        raise InvalidFieldError(f"tables nested deeper than {MAX_DEPTH} levels")
+    _need(buf, pos + 4, "table length")
+    (length,) = _IU.unpack_from(buf, pos)
+    pos += 4
+    end = pos + length
+    _need(buf, end, "table")
+    table: dict[str, Any] = {}
+    while pos < end:
+        key_len = buf[pos]
+        key_end = pos + 1 + key_len
+        if key_end > end:
+            raise InvalidFieldError("table key runs past the end of its table")
+        try:
+            key = bytes(buf[pos + 1 : key_end]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidFieldError("table key is not UTF-8") from None
+        table[key], pos = _decode_value(buf, key_end, depth)
+        if pos > end:
+            raise InvalidFieldError(f"value of {key!r} runs past the end of its table")
+    return table, pos
+
+
+def _decode_array_at(buf: bytes, pos: int, depth: int) -> tuple[list[Any], int]:
+    if depth > MAX_DEPTH:
+        raise InvalidFieldError(f"arrays nested deeper than {MAX_DEPTH} levels")
+    _need(buf, pos + 4, "array length")
+    (length,) = _IU.unpack_from(buf, pos)
+    pos += 4
+    end = pos + length
+    _need(buf, end, "array")
+    items: list[Any] = []
+    while pos < end:
+        value, pos = _decode_value(buf, pos, depth)
+        items.append(value)
+    if pos > end:
+        raise InvalidFieldError("array item runs past the end of its array")
+    return items, pos
+
+
+def decode_table(data: bytes) -> dict[str, Any]:
+    """Decode one complete encoded table (length prefix included)."""
+    table, end = decode_table_at(data, 0)
+    if end != len(data):
+        raise InvalidFieldError(f"{len(data) - end} stray bytes after the table")
+    return table
+
+
+def decode_array(data: bytes) -> list[Any]:
+    """Decode one complete encoded array (length prefix included)."""
+    items, end = _decode_array_at(data, 0, 1)
+    if end != len(data):
+        raise InvalidFieldError(f"{len(data) - end} stray bytes after the array")
+    return items
+
+
+# --------------------------------------------------------------------------- encoding
+
+_TAGGED_INTS: dict[type, tuple[bytes, struct.Struct]] = {
+    Int8: (b"b", _B),
+    UInt8: (b"B", _BU),
+    Int16: (b"s", _S),
+    UInt16: (b"u", _SU),
+    UInt32: (b"i", _IU),
+}
+
+
+def _encode_value(value: Any, out: list[bytes], depth: int) -> None:
+    kind = type(value)
+    if kind is str:
+        raw = value.encode("utf-8")
+        out.append(b"S" + _IU.pack(len(raw)))
+        out.append(raw)
+    elif kind is bool:
+        out.append(b"t\x01" if value else b"t\x00")
+    elif kind is int:
+        if -0x80000000 <= value <= 0x7FFFFFFF:
+            out.append(b"I" + _I.pack(value))
+        elif -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF:
+            out.append(b"l" + _L.pack(value))
+        else:
+            raise ValueError(f"integer {value} does not fit a signed 64-bit table value")
+    elif kind in _TAGGED_INTS:
+        tag, st = _TAGGED_INTS[kind]
+        try:
+            out.append(tag + st.pack(value))
+        except struct.error:
+            raise ValueError(f"{value} does not fit a {kind.__name__}") from None
+    elif kind is float:
+        out.append(b"d" + _D.pack(value))
+    elif kind is Float32:
+        out.append(b"f" + _F.pack(value))
+    elif kind is dict:
+        out.append(b"F")
+        _encode_table_into(value, out, depth + 1)
+    elif kind is list or kind is tuple:
+        out.append(b"A")
+        _encode_array_into(value, out, depth + 1)
+    elif kind is bytes or kind is bytearray or kind is memoryview:
+        raw = bytes(value)
+        out.append(b"x" + _IU.pack(len(raw)))
+        out.append(raw)
+    elif kind is LongStrBytes:
+        out.append(b"S" + _IU.pack(len(value)))
+        out.append(bytes(value))
+    elif value is None:
+        out.append(b"V")
+    elif isinstance(value, Decimal):
+        out.append(b"D" + _encode_decimal(value))
+    elif isinstance(value, datetime.datetime):
+        out.append(b"T" + _LU.pack(_timestamp_seconds(value)))
+    elif isinstance(value, (dict, list, tuple, str, int, float, bytes)):
+        # Subclasses of the plain types (e.g. an IntEnum, an OrderedDict).
+        _encode_value(_plain(value), out, depth)
+    else:
+        raise TypeError(f"cannot encode a {kind.__name__} in an AMQP field table")
+
+
+def _plain(value: Any) -> Any:
+    bases: tuple[Any, ...] = (bool, int, float, str, bytes, dict, list, tuple)
+    for base in bases:
+        if isinstance(value, base):
+            return base(value)
+    raise TypeError(f"cannot encode a {type(value).__name__}")  # pragma: no cover
+
+
+def _encode_decimal(value: Decimal) -> bytes:
+    sign, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        raise ValueError(f"decimal {value} is not finite")
+    scale = -exponent if exponent < 0 else 0
+    unscaled = int("".join(map(str, digits)) or "0") * (10**exponent if exponent > 0 else 1)
+    if sign:
+        unscaled = -unscaled
+    if scale > 255 or not -0x80000000 <= unscaled <= 0x7FFFFFFF:
+        raise ValueError(f"decimal {value} does not fit AMQP's scale octet + int32")
+    return _DEC.pack(scale, unscaled)
+
+
+def _timestamp_seconds(value: datetime.datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_UTC)
+    seconds = (value - _EPOCH) // datetime.timedelta(seconds=1)
+    if seconds < 0:
+        raise ValueError(f"timestamp {value} is before 1970")
+    return int(seconds)
+
+
+def _encode_table_into(table: dict[str, Any], out: list[bytes], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"tables nested deeper than {MAX_DEPTH} levels")
+    slot = len(out)
+    out.append(b"")
+    for key, value in table.items():
+        raw_key = key.encode("utf-8")
+        if len(raw_key) > 255:
+            raise ValueError(f"table key {key[:40]!r}... is longer than 255 bytes")
+        out.append(_BU.pack(len(raw_key)) + raw_key)
+        _encode_value(value, out, depth)
+    out[slot] = _IU.pack(sum(map(len, out[slot + 1 :])))
+
+
+def _encode_array_into(items: list[Any] | tuple[Any, ...], out: list[bytes], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"arrays nested deeper than {MAX_DEPTH} levels")
+    slot = len(out)
+    out.append(b"")
+    for value in items:
+        _encode_value(value, out, depth)
+    out[slot] = _IU.pack(sum(map(len, out[slot + 1 :])))
+
+
+def encode_table(table: dict[str, Any] | None) -> bytes:
+    """Encode a table, length prefix included. ``None`` encodes as an empty table."""
+    if not table:
+        return b"\x00\x00\x00\x00"
+    out: list[bytes] = []
+    _encode_table_into(table, out, 1)
+    return b"".join(out)
+
+
+def encode_array(items: list[Any] | tuple[Any, ...]) -> bytes:
+    """Encode an array, length prefix included."""
+    out: list[bytes] = []
+    _encode_array_into(items, out, 1)
+    return b"".join(out)
