@@ -149,7 +149,7 @@ class AMQPConnection:
         self._reader = FrameReader(settings.frame_max)
         self._out: list[bytes] = [PROTOCOL_HEADER]
         self._prelude = b""  # first bytes, while they might be a protocol header
-        self._started = False  # a first frame arrived
+        self._started = False  # a frame began: no protocol header can follow
         self._closing_error: AMQPError | None = None
         self._received = False  # since the last tick
         self._sent = False
@@ -161,6 +161,11 @@ class AMQPConnection:
     @property
     def is_open(self) -> bool:
         return self.state is ConnState.OPEN
+
+    @property
+    def is_closed(self) -> bool:
+        """Nothing more will be received or sent."""
+        return self.state is ConnState.CLOSED
 
     def channel_state(self, number: int) -> ChanState:
         record = self._channels.get(number)
@@ -205,7 +210,8 @@ class AMQPConnection:
         reader = self._reader
         try:
             for ftype, channel, payload in reader.feed(data):
-                self._started = True
+                if self.is_closed:
+                    break  # closed by an earlier frame of this chunk: the rest is moot
                 if ftype == FRAME_METHOD:
                     self._on_method_frame(channel, payload, events)
                 elif ftype == FRAME_BODY:
@@ -226,6 +232,8 @@ class AMQPConnection:
         """Hold back the first bytes while they may be the server's protocol header."""
         data = self._prelude + data
         if not data.startswith(b"A"):
+            # A frame starts here; later chunks may begin with any byte, 'A' included.
+            self._started = True
             self._prelude = b""
             return data
         self._prelude = data
@@ -272,7 +280,8 @@ class AMQPConnection:
             return
         if self.state is not ConnState.CLOSING:
             self._closing_error = exc
-            self._out.append(encode_method(0, Connection.Close(exc.reply_code, str(exc)[:255])))
+            text = str(exc).encode("utf-8")[:255].decode("utf-8", "ignore")
+            self._out.append(encode_method(0, Connection.Close(exc.reply_code, text)))
             self.state = ConnState.CLOSING
 
     # ------------------------------------------------------------------ frames
@@ -391,6 +400,8 @@ class AMQPConnection:
                                               self.frame_max, self.heartbeat))
         elif action is Action.PEER_CLOSE:
             self._on_peer_close(method, previous, events)  # type: ignore[arg-type]
+        elif action is Action.CROSSING_CLOSE:
+            self._send(0, Connection.CloseOk())
         elif action is Action.CLOSE_OK:
             error = self._closing_error or ConnectionClosedByClient(200, "Normal shutdown")
             code = getattr(error, "reply_code", 200)
@@ -503,6 +514,8 @@ class AMQPConnection:
             record.flow_active = method.active  # type: ignore[attr-defined]
             self._send(channel, Channel.FlowOk(record.flow_active))
             events.append(ev.MethodReceived(channel, method))
+        elif action is Action.DELIVER:
+            events.append(ev.MethodReceived(channel, method))  # e.g. flow-ok
 
     # ------------------------------------------------------------------ client actions
 
