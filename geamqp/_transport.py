@@ -1,0 +1,248 @@
+"""Socket, TLS and the three greenlets that move bytes for one connection.
+
+- The *reader* owns the socket's read side: it feeds the protocol engine and
+  hands the resulting events to the connection's router. It never runs user
+  code, so a slow callback cannot stall heartbeats or other channels.
+- The *writer* coalesces: any greenlet appends whole frames to the engine and
+  calls `kick()`; the writer wakes once, takes everything queued in that hub
+  turn with `data_to_send()` and writes it with one `sendall`.
+- The *heartbeat* greenlet calls `engine.tick(now)` four times per interval.
+
+A send that makes no progress for `write_timeout` seconds means the link is
+dead (write stall). OS errors become `StreamLostError` here, at the boundary,
+and nowhere else. Closing kills and joins all three greenlets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket as _stdsocket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent import socket
+from gevent.event import Event
+
+from .exceptions import AMQPConnectionError, AMQPError, ProtocolError, StreamLostError
+from .parameters import ConnectionParameters
+from .protocol import AMQPConnection
+from .protocol import events as ev
+
+__all__ = ["Transport", "open_socket"]
+
+log = logging.getLogger("geamqp.transport")
+
+RECV_SIZE = 256 * 1024
+_CLOSE_GRACE = 5.0  # seconds to wait for close-ok after a protocol error
+
+
+def open_socket(params: ConnectionParameters, deadline: float) -> Any:
+    """Resolve (through gevent), connect with socket_timeout, wrap in TLS when asked."""
+    try:
+        infos = socket.getaddrinfo(params.host, params.port, 0, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise AMQPConnectionError(f"cannot resolve {params.host!r}: {exc}") from None
+    errors = []
+    for family, kind, proto, _name, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(min(params.socket_timeout, max(0.001, deadline - time.monotonic())))
+        try:
+            sock.connect(addr)
+        except OSError as exc:
+            sock.close()
+            errors.append(f"{addr[0]}:{addr[1]}: {_describe(exc)}")
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if params.ssl_options is not None:
+            sock = _wrap_tls(sock, params)
+        return sock
+    raise AMQPConnectionError(f"cannot connect to {params.host}:{params.port}: "
+                              + "; ".join(errors))
+
+
+def _wrap_tls(sock: Any, params: ConnectionParameters) -> Any:
+    from gevent import ssl as gssl
+
+    opts = params.ssl_options
+    assert opts is not None
+    hostname = opts.server_hostname or params.host
+    try:
+        # gevent's SSLSocket takes any stdlib context, so the user's object is
+        # used as it is (CA store, verify mode, minimum version) and the
+        # handshake cooperates with the hub.
+        return gssl.SSLSocket(sock=sock, server_side=False, server_hostname=hostname,
+                              _context=opts.context)
+    except OSError as exc:
+        sock.close()
+        raise AMQPConnectionError(f"TLS handshake with {params.host}:{params.port} failed: "
+                                  f"{_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (TimeoutError, _stdsocket.timeout)):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{errno.errorcode.get(exc.errno, exc.errno)} {exc.strerror or ''}".strip()
+    return str(exc) or type(exc).__name__
+
+
+class Transport:
+    """Moves bytes between one socket and one protocol engine."""
+
+    def __init__(self, sock: Any, engine: AMQPConnection,
+                 on_events: Callable[[list[ev.Event]], None],
+                 on_lost: Callable[[AMQPError], None], write_timeout: float) -> None:
+        self._sock = sock
+        self._engine = engine
+        self._on_events = on_events
+        self._on_lost = on_lost
+        self._wake = Event()
+        self._flushed = Event()
+        self._closing = False
+        self._lost = False
+        self._write_timeout = write_timeout
+        sock.settimeout(write_timeout)
+        self._reader = gevent.spawn(self._read_loop)
+        self._writer = gevent.spawn(self._write_loop)
+        self._heartbeat: gevent.Greenlet | None = None
+
+    # ------------------------------------------------------------------ writing
+
+    def kick(self) -> None:
+        """Ask the writer to flush what the engine has queued, this hub turn."""
+        wake = self._wake
+        if not wake.is_set():
+            wake.set()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far has been handed to the kernel."""
+        self._flushed.clear()
+        self.kick()
+        return bool(self._flushed.wait(timeout))
+
+    def _write_loop(self) -> None:
+        wake = self._wake
+        engine = self._engine
+        sendall = self._sock.sendall
+        try:
+            while True:
+                wake.wait()
+                wake.clear()
+                data = engine.data_to_send()
+                if data:
+                    sendall(data)
+                self._flushed.set()
+                if self._closing and not engine._out:
+                    self._shut_socket()
+                    return
+        except TimeoutError:
+            self._fail(StreamLostError(f"write stalled for {self._write_timeout:.1f} s"))
+        except OSError as exc:
+            self._fail(StreamLostError(f"write failed: {_describe(exc)}"))
+
+    # ------------------------------------------------------------------ reading
+
+    def _read_loop(self) -> None:
+        recv = self._sock.recv
+        engine = self._engine
+        while True:
+            try:
+                data = recv(RECV_SIZE)
+            except TimeoutError:
+                continue  # the socket timeout is for writes; heartbeats watch reads
+            except OSError as exc:
+                if not self._closing:
+                    self._fail(StreamLostError(f"read failed: {_describe(exc)}"))
+                return
+            try:
+                events = engine.receive_data(data)
+            except ProtocolError as exc:
+                log.error("protocol error from the server, closing with %s: %s",
+                          exc.reply_code, exc)
+                if exc.events:
+                    self._on_events(exc.events)
+                self._protocol_failure(exc)
+                return
+            if events:
+                self._on_events(events)
+            self.kick()
+            if not data:
+                return
+
+    def _protocol_failure(self, exc: ProtocolError) -> None:
+        if exc.fatal:
+            self._fail(exc)
+            return
+        # connection.close is queued: send it, give the server a moment to
+        # answer close-ok, then drop the link whatever it did.
+        self.kick()
+        waiter = gevent.spawn(self._await_close_ok, exc)
+        waiter.join(_CLOSE_GRACE)
+        waiter.kill()
+        self._fail(exc)
+
+    def _await_close_ok(self, exc: ProtocolError) -> None:
+        recv = self._sock.recv
+        while True:
+            try:
+                data = recv(RECV_SIZE)
+            except OSError:
+                return
+            try:
+                events = self._engine.receive_data(data)
+            except ProtocolError:
+                return
+            if not data or any(isinstance(e, ev.ConnectionClosed) for e in events):
+                return
+
+    # ------------------------------------------------------------------ heartbeats
+
+    def start_heartbeat(self, interval: int) -> None:
+        if interval and self._heartbeat is None:
+            self._heartbeat = gevent.spawn(self._heartbeat_loop, interval / 4.0)
+
+    def _heartbeat_loop(self, period: float) -> None:
+        engine = self._engine
+        while not self._closing:
+            events = engine.tick(time.monotonic())
+            if events:
+                self._on_events(events)
+            self.kick()
+            gevent.sleep(period)
+
+    # ------------------------------------------------------------------ closing
+
+    def close_after_flush(self) -> None:
+        """Send what is queued (e.g. close-ok), then close the socket."""
+        self._closing = True
+        self.kick()
+
+    def _fail(self, error: AMQPError) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self._shut_socket()
+        self._on_lost(error)
+
+    def _shut_socket(self) -> None:
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def abort(self) -> None:
+        """Close the socket now and stop every greenlet (not from one of them)."""
+        self._closing = True
+        self._lost = True
+        self._shut_socket()
+        self.stop_greenlets()
+
+    def stop_greenlets(self) -> None:
+        current = gevent.getcurrent()
+        others = [g for g in (self._reader, self._writer, self._heartbeat)
+                  if g is not None and g is not current]
+        gevent.killall(others, block=True, timeout=5)

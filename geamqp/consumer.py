@@ -1,0 +1,225 @@
+"""Where user code runs: the per-channel dispatcher greenlet, consumers, confirmations.
+
+Rules:
+- User callbacks never run in the reader greenlet or inside a hub callback:
+  the reader appends work to a channel's `Dispatcher` and wakes it once per
+  batch; the dispatcher runs callbacks in order, in its own greenlet, where
+  they may block cooperatively (publish, ack, declare, sleep).
+- A callback that raises is logged with its traceback and the dispatcher
+  carries on: one bad message never takes the connection down.
+- `concurrency=N` runs up to N callbacks of one consumer at once (ordering
+  is then only per greenlet); `executor=` hands each callback to a thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+
+from .exceptions import AMQPError, NackError, UnroutableError
+from .protocol.properties import BasicProperties
+from .protocol.spec import Basic
+
+if TYPE_CHECKING:
+    from .channel import Channel
+
+__all__ = ["Confirmation", "Consumer", "Dispatcher", "ReturnedMessage"]
+
+log = logging.getLogger("geamqp.consumer")
+
+OnMessage = Callable[["Channel", Any, BasicProperties, bytes], Any]
+
+
+class Dispatcher:
+    """One greenlet running queued callables in order; owned by a channel or connection."""
+
+    __slots__ = ("_greenlet", "_name", "_queue", "_stopped", "_wake")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._wake = Event()
+        self._greenlet: gevent.Greenlet | None = None
+        self._stopped = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._stopped:
+            return
+        self._queue.append((fn, args))
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+            self._greenlet.name = self._name
+        wake = self._wake
+        if not wake.is_set():
+            wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def _run(self) -> None:
+        queue = self._queue
+        popleft = queue.popleft
+        wake = self._wake
+        while True:
+            wake.clear()
+            while queue:
+                fn, args = popleft()
+                try:
+                    fn(*args)
+                except gevent.GreenletExit:
+                    raise
+                except Exception:
+                    log.exception("%s: callback %r raised; carrying on", self._name,
+                                  getattr(fn, "__qualname__", fn))
+            if self._stopped:
+                return
+            wake.wait()
+
+    def stop(self, drain: bool = False) -> None:
+        """Stop the greenlet: after running what is queued (drain) or now (killing it)."""
+        self._stopped = True
+        greenlet = self._greenlet
+        if greenlet is None or greenlet.dead:
+            return
+        if drain:
+            self._wake.set()
+            return
+        self._queue.clear()
+        if greenlet is not gevent.getcurrent():
+            greenlet.kill(block=True, timeout=5)
+
+
+class Consumer:
+    """One basic.consume: its tag, callback and how the callback is run."""
+
+    __slots__ = ("arguments", "auto_ack", "callback", "channel", "concurrency", "exclusive",
+                 "executor", "pool", "queue", "tag")
+
+    def __init__(self, channel: Channel, tag: str, queue: str, callback: OnMessage,
+                 auto_ack: bool, exclusive: bool, arguments: dict[str, Any] | None,
+                 executor: Any = None, concurrency: int = 1) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        self.channel = channel
+        self.tag = tag
+        self.queue = queue
+        self.callback = callback
+        self.auto_ack = auto_ack
+        self.exclusive = exclusive
+        self.arguments = arguments
+        self.executor = executor
+        self.concurrency = concurrency
+        self.pool = Pool(concurrency) if concurrency > 1 else None
+
+    def run(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
+        """Called in the dispatcher greenlet for each delivery."""
+        if self.executor is not None:
+            self.executor.submit(self._call_logged, method, properties, body)
+        elif self.pool is not None:
+            self.pool.spawn(self._call_logged, method, properties, body)  # waits when full
+        else:
+            self.callback(self.channel, method, properties, body)
+
+    def _call_logged(self, method: Basic.Deliver, properties: BasicProperties,
+                     body: bytes) -> None:
+        try:
+            self.callback(self.channel, method, properties, body)
+        except Exception:
+            log.exception("consumer %s: callback raised on delivery %s; carrying on",
+                          self.tag, method.delivery_tag)
+
+    def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.kill(block=True, timeout=5)
+
+
+class ReturnedMessage:
+    """A message the broker returned (basic.return) or nacked, as pika names it."""
+
+    __slots__ = ("body", "method", "properties")
+
+    def __init__(self, method: Any, properties: BasicProperties | None, body: bytes) -> None:
+        self.method = method
+        self.properties = properties
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"ReturnedMessage(method={self.method!r}, body_size={len(self.body)})"
+
+
+_PENDING, _ACKED, _FAILED = 0, 1, 2
+
+
+class Confirmation:
+    """The future outcome of one publish in confirm mode.
+
+    Resolves exactly once: acked (`wait()` returns True), nacked (`NackError`),
+    returned as unroutable (`UnroutableError`), or failed with the channel's or
+    connection's closing exception.
+    """
+
+    __slots__ = ("_error", "_event", "_state", "body", "exchange", "mandatory", "properties",
+                 "returned", "routing_key", "seqno")
+
+    def __init__(self, seqno: int, exchange: str, routing_key: str, body: bytes,
+                 properties: BasicProperties | None, mandatory: bool) -> None:
+        self.seqno = seqno
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.body = body
+        self.properties = properties
+        self.mandatory = mandatory
+        self.returned: ReturnedMessage | None = None
+        self._state = _PENDING
+        self._error: AMQPError | None = None
+        self._event: Event | None = None
+
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def _ack(self) -> None:
+        if self.returned is not None:
+            self._fail(UnroutableError([self.returned]))
+            return
+        if self._state == _PENDING:
+            self._state = _ACKED
+            if self._event is not None:
+                self._event.set()
+
+    def _nack(self) -> None:
+        self._fail(NackError([ReturnedMessage(
+            Basic.Publish(0, self.exchange, self.routing_key, self.mandatory),
+            self.properties, self.body)]))
+
+    def _fail(self, error: AMQPError) -> None:
+        if self._state == _PENDING:
+            self._state = _FAILED
+            self._error = error
+            if self._event is not None:
+                self._event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block this greenlet until the broker decides; True when acked.
+
+        Raises `NackError`, `UnroutableError` or the closing exception; returns
+        False only if `timeout` expires first.
+        """
+        if self._state == _PENDING:
+            if self._event is None:
+                self._event = Event()
+            if not self._event.wait(timeout):
+                return False
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def __repr__(self) -> str:
+        state = ("pending", "acked", "failed")[self._state]
+        return f"<Confirmation seqno={self.seqno} {state}>"
