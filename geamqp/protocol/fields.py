@@ -137,7 +137,10 @@ def _decode_bytes(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
 def _decode_decimal(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
     _need(buf, pos + 5, "decimal")
     scale, value = _DEC.unpack_from(buf, pos)
-    return Decimal(value).scaleb(-scale), pos + 5
+    # Built from its parts, not by arithmetic (scaleb rounds to the thread's
+    # decimal context precision): exact whatever context the caller set.
+    digits = tuple(map(int, str(abs(value))))
+    return Decimal((1 if value < 0 else 0, digits, -scale)), pos + 5
 
 
 def _decode_timestamp(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
