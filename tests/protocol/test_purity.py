@@ -51,9 +51,8 @@ _BLOCKED_RUN = textwrap.dedent(
     import sys
 
     # Anywhere in the import graph: no event loop, no sockets, no threads.
-    EVERYWHERE = {"gevent", "greenlet", "socket", "_socket", "threading", "select",
-                  "selectors", "asyncio", "ssl", "subprocess"}
-    # The stdlib may import time (datetime does); geamqp itself may not, even when
+    EVERYWHERE = EVERYWHERE_PLACEHOLDER
+    # The stdlib may import time (datetime does); the core itself may not, even when
     # time is already in sys.modules, so import statements are checked at the source.
     FROM_GEAMQP = {"time", "_thread"}
 
@@ -68,7 +67,7 @@ _BLOCKED_RUN = textwrap.dedent(
 
     def checked_import(name, globals=None, locals=None, fromlist=(), level=0):
         importer = (globals or {}).get("__name__", "")
-        if (level == 0 and importer.split(".")[0] == "geamqp"
+        if (level == 0 and importer.startswith(("geamqp.protocol", "geamqp.exceptions"))
                 and name.split(".")[0] in EVERYWHERE | FROM_GEAMQP):
             raise ImportError(f"{importer} imported {name}")
         return original_import(name, globals, locals, fromlist, level)
@@ -80,6 +79,7 @@ _BLOCKED_RUN = textwrap.dedent(
             del sys.modules[name]
     sys.meta_path.insert(0, Blocker())
 
+    # PACKAGE_STUB
     import geamqp.protocol
     from geamqp.protocol import events as ev, spec
     from geamqp.protocol.frames import encode_method, encode_content
@@ -108,14 +108,41 @@ _BLOCKED_RUN = textwrap.dedent(
 )
 
 
+CORE_ONLY = {"gevent", "greenlet", "socket", "_socket", "threading", "select", "selectors",
+             "asyncio", "ssl", "subprocess"}
+# The package __init__ only promises to stay importable without gevent.
+PACKAGE = {"gevent", "greenlet"}
+
+# Load geamqp/protocol (and geamqp/exceptions, which it uses) without running the
+# package __init__, which also pulls in the I/O side of the client.
+_STUB = (
+    "import types\n"
+    "_pkg = types.ModuleType('geamqp')\n"
+    f"_pkg.__path__ = [{str(PROTOCOL_DIR.parent)!r}]\n"
+    "sys.modules['geamqp'] = _pkg\n"
+)
+
+
+def _script(blocked: set[str], stub: bool = True) -> str:
+    script = _BLOCKED_RUN.replace("EVERYWHERE_PLACEHOLDER", f"set({sorted(blocked)!r})")
+    return script.replace("# PACKAGE_STUB\n", _STUB if stub else "")
+
+
 def _run_blocked(script: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-I", "-c", script], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=30,
                           env={"PYTHONPATH": str(REPO_ROOT)})
 
 
-def test_import_and_handshake_with_io_modules_blocked() -> None:
-    result = _run_blocked(_BLOCKED_RUN)
+def test_core_imports_and_handshakes_with_io_modules_blocked() -> None:
+    result = _run_blocked(_script(set(CORE_ONLY)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "sans-io ok"
+
+
+def test_package_import_needs_no_gevent() -> None:
+    """`import geamqp` (the real __init__) leaves the protocol core usable without gevent."""
+    result = _run_blocked(_script(PACKAGE, stub=False))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "sans-io ok"
 
@@ -123,14 +150,14 @@ def test_import_and_handshake_with_io_modules_blocked() -> None:
 def test_blocker_would_catch_an_import() -> None:
     """The harness fails when a geamqp module imports time, or anything imports threading."""
     fake_module = 'exec("import time", {"__name__": "geamqp.protocol.fake"})\n'
-    script = _BLOCKED_RUN.replace("import geamqp.protocol\n",
-                                  "import geamqp.protocol\n" + fake_module, 1)
+    script = _script(set(CORE_ONLY)).replace("import geamqp.protocol\n",
+                                               "import geamqp.protocol\n" + fake_module, 1)
     result = _run_blocked(script)
     assert result.returncode != 0
     assert "geamqp.protocol.fake imported time" in result.stderr
 
-    script = _BLOCKED_RUN.replace("import geamqp.protocol\n",
-                                  "import geamqp.protocol\nimport threading\n", 1)
+    script = _script(set(CORE_ONLY)).replace("import geamqp.protocol\n",
+                                               "import geamqp.protocol\nimport threading\n", 1)
     result = _run_blocked(script)
     assert result.returncode != 0
     assert "imported threading" in result.stderr
