@@ -37,7 +37,8 @@ __all__ = ["Transport", "open_socket"]
 log = logging.getLogger("geamqp.transport")
 
 RECV_SIZE = 256 * 1024
-_CLOSE_GRACE = 5.0  # seconds to wait for close-ok after a protocol error
+_CLOSE_GRACE = 5.0
+_HIGH_WATER_FRAMES = 2000  # queued publishes before a publisher waits for the writer  # seconds to wait for close-ok after a protocol error
 
 
 def open_socket(params: ConnectionParameters, deadline: float) -> Any:
@@ -117,6 +118,14 @@ class Transport:
         wake = self._wake
         if not wake.is_set():
             wake.set()
+
+    def throttle(self) -> None:
+        """Back-pressure for publishers: when many frames wait for the writer (the
+        broker reads slower than we publish), wait until the writer has sent them."""
+        if len(self._engine._out) >= _HIGH_WATER_FRAMES and not self._closing:
+            self._flushed.clear()
+            self.kick()
+            self._flushed.wait()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far has been handed to the kernel."""

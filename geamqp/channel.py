@@ -368,6 +368,7 @@ class Channel:
             self._check_open()
         seqno = conn._engine.publish(self.channel_number, exchange, routing_key, body,
                                      properties, mandatory)
+        conn._transport.throttle()
         conn._kick()
         if not seqno:
             return None

@@ -120,6 +120,10 @@ class Consumer:
 
     def run(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
         """Called in the dispatcher greenlet for each delivery."""
+        if not self.channel.is_open:
+            # Closing or closed: the broker requeues what was not acked, and an
+            # ack from here could not be sent anyway.
+            return
         if self.executor is not None:
             self.executor.submit(self._call_logged, method, properties, body)
         elif self.pool is not None:
