@@ -368,12 +368,17 @@ class Channel:
             self._check_open()
         seqno = conn._engine.publish(self.channel_number, exchange, routing_key, body,
                                      properties, mandatory)
+        confirmation = None
+        if seqno:
+            # Registered before anything can yield: the ack, or the channel's
+            # close, may arrive while back-pressure parks this greenlet below.
+            confirmation = Confirmation(seqno, exchange, routing_key, body, properties,
+                                        mandatory)
+            self._confirms[seqno] = confirmation
         conn._transport.throttle()
         conn._kick()
-        if not seqno:
+        if confirmation is None:
             return None
-        confirmation = Confirmation(seqno, exchange, routing_key, body, properties, mandatory)
-        self._confirms[seqno] = confirmation
         if wait:
             confirmation.wait()
             return None
