@@ -1,6 +1,7 @@
 """geamqp: a gevent-native AMQP 0-9-1 client for RabbitMQ."""
 
 import importlib
+import logging
 from typing import TYPE_CHECKING
 
 from . import exceptions
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from .consumer import Confirmation, ReturnedMessage
 
 __version__ = "0.1.0"
+
+logging.getLogger("geamqp").addHandler(logging.NullHandler())
 
 # The client pulls in gevent; it is imported on first use so that
 # geamqp.protocol (sans-I/O) and geamqp.exceptions stay importable without it.

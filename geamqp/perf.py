@@ -53,8 +53,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m geamqp perf",
                                      description="Measure publish/consume throughput and "
                                                  "latency against a RabbitMQ broker.")
-    parser.add_argument("--url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
-                        help="broker URL (default: $AMQP_URL or local guest)")
+    default_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+    parser.add_argument("--url", default=default_url, help="broker URL (default: $AMQP_URL or local guest)")
     parser.add_argument("-x", "--producers", type=int, default=1)
     parser.add_argument("-y", "--consumers", type=int, default=1)
     parser.add_argument("-s", "--size", type=int, default=100, help="message body bytes (>= 8)")
@@ -160,7 +160,8 @@ def _report(stats: Stats, last: dict[str, float], elapsed: float, out: Any) -> N
 def run(args: argparse.Namespace, out: Any = sys.stdout) -> Stats:
     """Run one perf test as `args` describe; returns the counters."""
     stats = Stats()
-    stop = gevent.event.Event()
+    stop = gevent.event.Event()  # producers stop first, consumers after draining
+    stop_consumers = gevent.event.Event()
     with connect(args.url, name="perf-setup") as setup:
         channel = setup.channel()
         queue = args.queue or f"geamqp-perf-{uuid.uuid4().hex[:12]}"
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> Stats:
                   f"prefetch {args.prefetch}, {args.duration:g} s, queue {queue}\n")
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         start = time.monotonic()
-        consumers = [gevent.spawn(_consumer, args, queue, stats, stop, i)
+        consumers = [gevent.spawn(_consumer, args, queue, stats, stop_consumers, i)
                      for i in range(args.consumers)]
         producers = [gevent.spawn(_producer, args, queue, stats, stop, i)
                      for i in range(args.producers)]
@@ -183,12 +184,13 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> Stats:
                 _report(stats, last, time.monotonic() - start, out)
                 failed = [w for w in workers if w.dead and w.exception]
                 if failed:
-                    raise failed[0].exception  # type: ignore[misc]
+                    raise failed[0].exception
         finally:
             stop.set()
             gevent.joinall(producers, timeout=10)
             if args.consumers:
-                _drain(stats, queue, channel, timeout=5)
+                _drain(stats, timeout=5)
+            stop_consumers.set()
             gevent.joinall(consumers, timeout=10)
             gevent.killall(workers)
         elapsed = time.monotonic() - start
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace, out: Any = sys.stdout) -> Stats:
     return stats
 
 
-def _drain(stats: Stats, queue: str, channel: Channel, timeout: float) -> None:
+def _drain(stats: Stats, timeout: float) -> None:
     """After producers stop, give consumers a bounded time to take what is queued."""
     deadline = time.monotonic() + timeout
     while stats.received < stats.sent and time.monotonic() < deadline:
@@ -214,7 +216,8 @@ def _summary(stats: Stats, elapsed: float, cpu: float, out: Any) -> None:
         f"sent {stats.sent} ({stats.sent / elapsed:.0f} msg/s), "
         f"confirmed {stats.confirmed}, nacked {stats.nacked}, "
         f"received {stats.received} ({stats.received / elapsed:.0f} msg/s), "
-        f"latency p50 {_percentile(lat, 0.5) * 1e3:.2f} ms p99 {_percentile(lat, 0.99) * 1e3:.2f} ms, "
+        f"latency p50 {_percentile(lat, 0.5) * 1e3:.2f} ms "
+        f"p99 {_percentile(lat, 0.99) * 1e3:.2f} ms, "
         f"client CPU {cpu:.2f} s ({cpu / max(1, messages) * 1e6:.1f} us/msg)\n")
     out.flush()
 
