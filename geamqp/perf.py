@@ -54,7 +54,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                                      description="Measure publish/consume throughput and "
                                                  "latency against a RabbitMQ broker.")
     default_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-    parser.add_argument("--url", default=default_url, help="broker URL (default: $AMQP_URL or local guest)")
+    parser.add_argument("--url", default=default_url,
+                        help="broker URL (default: $AMQP_URL or local guest)")
     parser.add_argument("-x", "--producers", type=int, default=1)
     parser.add_argument("-y", "--consumers", type=int, default=1)
     parser.add_argument("-s", "--size", type=int, default=100, help="message body bytes (>= 8)")
