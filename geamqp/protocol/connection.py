@@ -305,6 +305,8 @@ class AMQPConnection:
                                     f"{type(exc).__name__}") from None
         if channel == 0:
             self._on_connection_method(method, events)
+        elif method.CLASS_ID == 10:
+            raise CommandInvalid(f"{method.NAME} on channel {channel}, not 0")
         else:
             self._on_channel_method(channel, method, events)
 

@@ -565,3 +565,19 @@ def test_heartbeat_frame_from_the_server_is_silent() -> None:
     conn = opened()
     assert conn.receive_data(HEARTBEAT_FRAME * 3) == []
     assert parse(conn.data_to_send()) == []
+
+
+@pytest.mark.parametrize("method", [Connection.Close(320, "forced", 0, 0), Connection.Blocked("x"),
+                                    Connection.Start()])
+def test_connection_method_on_a_channel_is_503(method: Connection.Close) -> None:
+    conn = opened()
+    open_channel(conn)
+    err = _raises(conn, frame(1, method), CommandInvalid, 503)
+    assert err.events == []
+    _assert_closing_with(conn, 503)
+
+
+def test_channel_method_on_channel_0_is_503() -> None:
+    conn = opened()
+    _raises(conn, frame(0, Basic.Ack(1)), CommandInvalid, 503)
+    _assert_closing_with(conn, 503)
