@@ -167,7 +167,7 @@ def test_blackhole_holds_traffic_without_closing(proxy: FaultProxy) -> None:
     conn.close()
 
 
-def test_blackhole_holds_the_reset_too(proxy: FaultProxy, unique_name: str) -> None:
+def test_blackhole_holds_a_forced_close(proxy: FaultProxy, unique_name: str) -> None:
     conn = RawAMQP.connect(proxy.address, connection_name=unique_name)
     proxy.blackhole(True)
     broker_ctl.close_connection(unique_name, "blackholed")

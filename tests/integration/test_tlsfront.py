@@ -18,7 +18,7 @@ def tls_connect(
 ) -> ssl.SSLSocket:
     sock = gevent.socket.create_connection(front.address, timeout=5)
     try:
-        return context.wrap_socket(sock, server_hostname=server_hostname)  # type: ignore[no-any-return]
+        return context.wrap_socket(sock, server_hostname=server_hostname)
     except BaseException:
         sock.close()
         raise

@@ -86,7 +86,7 @@ def _run(tool: str, args: tuple[str, ...], timeout: float) -> str:
         raise BrokerCommandError(
             f"{tool} not found; run scripts/ensure-rabbitmq.sh (as root)"
         ) from exc
-    out = done.stdout.decode("utf-8", "replace")
+    out: str = done.stdout.decode("utf-8", "replace")
     if done.returncode != 0:
         err = done.stderr.decode("utf-8", "replace")
         raise BrokerCommandError(

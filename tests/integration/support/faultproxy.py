@@ -11,7 +11,9 @@ Test greenlets steer it while traffic flows:
 - ``blackhole(True)``         hold every byte and every FIN/RST in both directions
                               without closing anything: a half-open link. Held data
                               flows again after ``blackhole(False)``, as TCP would
-                              retransmit it after a transient partition.
+                              retransmit it after a transient partition. New TCP
+                              connects still complete (the kernel accepts them);
+                              then nothing flows: a silent server.
 - ``throttle(rate)``          at most ``rate`` bytes/s per link and direction;
                               ``0`` stalls like a blackhole, ``None`` removes it.
 - ``refuse(True)``            new connections fail: ``mode="close"`` takes the
@@ -89,10 +91,6 @@ class _Changes:
     def wait(self, timeout: float | None) -> None:
         """Block until the next notify() or ``timeout``."""
         self._event.wait(timeout)
-
-    def notify_waiters(self) -> None:
-        """Re-check every ``wait_for`` predicate (for state kept outside the proxy)."""
-        self._progress.notify()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

@@ -14,13 +14,14 @@ import struct
 from typing import Any
 
 import gevent.socket
-from pamqp import commands, frame, header
+from pamqp import body, commands, frame, header
 from pamqp.base import Frame
 from pamqp.heartbeat import Heartbeat
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 _FRAME_HEADER = struct.Struct(">BHI")
 FrameValue = Frame | header.ProtocolHeader | header.ContentHeader | Heartbeat | Any
+Sendable = Frame | header.ContentHeader | body.ContentBody | Heartbeat
 
 
 class RawAMQP:
@@ -89,7 +90,7 @@ class RawAMQP:
         self.send(commands.Connection.Open(virtual_host=vhost))
         self.expect(commands.Connection.OpenOk, timeout)
 
-    def send(self, value: Frame, channel: int = 0) -> None:
+    def send(self, value: Sendable, channel: int = 0) -> None:
         self.sock.sendall(frame.marshal(value, channel))
 
     def read_frame(self, timeout: float | None = 5.0) -> tuple[int, FrameValue]:

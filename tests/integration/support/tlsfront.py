@@ -107,7 +107,7 @@ class TLSFront:
         gevent.ssl.SSLContext, a subclass of ssl.SSLContext whose sockets
         cooperate with the hub.
         """
-        context = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_CLIENT)
+        context: ssl.SSLContext = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_CLIENT)
         if trust:
             self.ca.configure_trust(context)
         else:
@@ -125,7 +125,7 @@ class TLSFront:
     # -- server side -------------------------------------------------------
 
     def _server_context(self, cert: trustme.LeafCert) -> ssl.SSLContext:
-        context = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_SERVER)
+        context: ssl.SSLContext = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_SERVER)
         cert.configure_cert(context)
         context.sni_callback = self._record_sni
         return context
@@ -150,4 +150,4 @@ class TLSFront:
         tls.settimeout(None)
         self.handshakes_completed += 1
         self.proxy.notify_waiters()
-        return tls  # type: ignore[no-any-return]
+        return tls
