@@ -6,16 +6,25 @@ wake-up (`loop.async_()`); no pipe, no polling. In the hub a runner greenlet
 takes callbacks FIFO and runs them, so a callback may block cooperatively
 (ack, publish with confirms, declare).
 
+Every public Connection and Channel method goes through `threadsafe()`:
+called in the hub's OS thread it runs directly; called from any other OS
+thread it is handed over as a callback, runs in its own greenlet in the hub,
+and only the calling thread blocks (on an *original* lock) until the result
+or exception comes back to it.
+
 Under `gevent.monkey.patch_all()` `threading.get_ident` names greenlets, so
-the hub's OS thread is recognised with the *original* `_thread.get_ident`.
+the hub's OS thread is recognised with the *original* `_thread.get_ident`,
+and "threads" that are really greenlets take the direct path.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import gevent
 from gevent.event import Event
@@ -23,11 +32,12 @@ from gevent.monkey import get_original
 
 from .exceptions import AMQPError, ConnectionWrongStateError
 
-__all__ = ["HubBridge", "os_thread_ident"]
+__all__ = ["HubBridge", "make_threadsafe", "os_thread_ident"]
 
 log = logging.getLogger("geamqp.hub")
 
 os_thread_ident: Callable[[], int] = get_original("_thread", "get_ident")
+_allocate_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
 
 
 class HubBridge:
@@ -66,6 +76,28 @@ class HubBridge:
         else:
             self._async.send()
 
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` in a greenlet of the hub thread; block this OS thread for the result."""
+        done = _allocate_lock()
+        done.acquire()
+        outcome: list[Any] = [None, None]
+
+        def run() -> None:
+            try:
+                outcome[0] = fn(*args, **kwargs)
+            except BaseException as exc:  # handed to the calling thread, not lost
+                outcome[1] = exc
+            finally:
+                done.release()
+
+        # Each marshalled call gets its own greenlet so that one caller waiting
+        # for a confirm never holds up another thread's call.
+        self.add_callback_threadsafe(lambda: gevent.spawn(run))
+        done.acquire()
+        if outcome[1] is not None:
+            raise outcome[1]
+        return outcome[0]
+
     def _on_async(self) -> None:
         # In the hub, inside the loop's callback: only wake the runner.
         self._wake.set()
@@ -92,3 +124,53 @@ class HubBridge:
         if self._closed is None:
             self._closed = error
             self._wake.set()
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def threadsafe(method: _F, bridge_of: Callable[[Any], HubBridge]) -> _F:
+    """Marshal calls from foreign OS threads into the hub thread (see module docs)."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            bridge = bridge_of(self)
+            if bridge.in_hub_thread():
+                return method(self, *args, **kwargs)
+            return _marshalled_iter(bridge, method(self, *args, **kwargs))
+
+        return generator_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bridge = bridge_of(self)
+        if os_thread_ident() == bridge.thread_ident:
+            return method(self, *args, **kwargs)
+        return bridge.call(method, self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _marshalled_iter(bridge: HubBridge, generator: Iterator[Any]) -> Iterator[Any]:
+    """Step a hub-side generator from a foreign thread, one marshalled next() at a time."""
+    try:
+        while True:
+            try:
+                item = bridge.call(next, generator)
+            except StopIteration:
+                return
+            yield item
+    finally:
+        close = getattr(generator, "close", None)
+        if close is not None:
+            bridge.call(close)
+
+
+def make_threadsafe(cls: type, bridge_of: Callable[[Any], HubBridge],
+                    skip: tuple[str, ...] = ()) -> None:
+    """Wrap every public method of `cls` with `threadsafe` (properties stay as they are)."""
+    for name, value in list(vars(cls).items()):
+        if name.startswith("_") or name in skip or not inspect.isfunction(value):
+            continue
+        setattr(cls, name, threadsafe(value, bridge_of))

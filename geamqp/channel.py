@@ -26,6 +26,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 from gevent.queue import Empty, Queue
 
+from ._hub import make_threadsafe
 from .consumer import Confirmation, Consumer, Dispatcher, OnMessage, ReturnedMessage
 from .exceptions import (
     AMQPError,
@@ -220,7 +221,7 @@ class Channel:
         if queue is not None:
             queue.put(ConsumerCancelled(f"consumer {tag!r} was cancelled by the broker"))
         if consumer is not None:
-            self._dispatcher.submit(consumer.stop)
+            self._dispatcher.submit(consumer.drain)
         for callback in self._cancel_callbacks:
             self._dispatcher.submit(callback, method)
         self._consuming.set()
@@ -463,7 +464,7 @@ class Channel:
             consumer = self._consumers.pop(consumer_tag, None)
             queue = self._generators.pop(consumer_tag, None)
             if consumer is not None:
-                self._dispatcher.submit(consumer.stop)
+                self._dispatcher.submit(consumer.drain)
             if queue is not None:
                 queue.put(StopIteration)
             self._consuming.set()
@@ -530,3 +531,6 @@ class Channel:
         for tag in list(self._generators):
             self.basic_cancel(tag)
 
+
+
+make_threadsafe(Channel, lambda channel: channel.connection._bridge)

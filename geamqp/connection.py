@@ -27,6 +27,7 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult, Event
 
+from ._hub import HubBridge, make_threadsafe
 from ._transport import Transport, open_socket
 from .channel import Channel
 from .consumer import Dispatcher
@@ -100,8 +101,6 @@ class Connection:
         self._error: AMQPError | None = None
         self._secret_waiter: AsyncResult | None = None
         self.server_properties: dict[str, Any] = {}
-        from ._hub import HubBridge
-
         self._bridge = HubBridge(self)
         if recover:
             log.info("automatic recovery is not implemented yet: this connection will raise "
@@ -397,3 +396,6 @@ class Connection:
     def process_data_events(self, time_limit: float = 0) -> None:
         """pika compatibility: events are always processed; this just yields for time_limit."""
         gevent.sleep(time_limit)
+
+
+make_threadsafe(Connection, lambda conn: conn._bridge, skip=("add_callback_threadsafe",))

@@ -125,7 +125,9 @@ class Consumer:
             # ack from here could not be sent anyway.
             return
         if self.executor is not None:
-            self.executor.submit(self._call_logged, method, properties, body)
+            # concurrent.futures executors have submit(); gevent's ThreadPool has spawn().
+            submit = getattr(self.executor, "submit", None) or self.executor.spawn
+            submit(self._call_logged, method, properties, body)
         elif self.pool is not None:
             self.pool.spawn(self._call_logged, method, properties, body)  # waits when full
         else:
@@ -140,8 +142,15 @@ class Consumer:
                           self.tag, method.delivery_tag)
 
     def stop(self) -> None:
+        """The channel closed: kill the callbacks still running (they could not ack)."""
         if self.pool is not None:
             self.pool.kill(block=True, timeout=5)
+
+    def drain(self) -> None:
+        """The consumer was cancelled: wait, in the dispatcher, for the callbacks
+        already running to finish; deliveries received before the cancel still count."""
+        if self.pool is not None:
+            self.pool.join()
 
 
 class ReturnedMessage:
