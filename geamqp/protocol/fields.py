@@ -39,6 +39,7 @@ __all__ = [
     "decode_table_at",
     "encode_array",
     "encode_table",
+    "encode_table_into",
 ]
 
 MAX_DEPTH = 32
@@ -185,6 +186,9 @@ _DECODERS: dict[int, _Decoder] = {
 }
 
 
+_TAG_S, _TAG_I, _TAG_T = ord("S"), ord("I"), ord("t")
+
+
 def _decode_value(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
     _need(buf, pos + 1, "field type tag")
     tag = buf[pos]
@@ -198,24 +202,46 @@ def decode_table_at(buf: bytes, pos: int, depth: int = 1) -> tuple[dict[str, Any
     """Decode the field table starting at `pos`; returns it and the offset after it."""
     if depth > MAX_DEPTH:
         raise InvalidFieldError(f"tables nested deeper than {MAX_DEPTH} levels")
-    _need(buf, pos + 4, "table length")
-    (length,) = _IU.unpack_from(buf, pos)
+    size = len(buf)
+    if pos + 4 > size:
+        _need(buf, pos + 4, "table length")
+    end = pos + 4 + _IU.unpack_from(buf, pos)[0]
+    if end > size:
+        _need(buf, end, "table")
     pos += 4
-    end = pos + length
-    _need(buf, end, "table")
     table: dict[str, Any] = {}
     while pos < end:
-        key_len = buf[pos]
-        key_end = pos + 1 + key_len
-        if key_end > end:
+        key_end = pos + 1 + buf[pos]
+        if key_end >= end:
             raise InvalidFieldError("table key runs past the end of its table")
         try:
-            key = bytes(buf[pos + 1 : key_end]).decode("utf-8")
+            key = str(buf[pos + 1 : key_end], "utf-8")
         except UnicodeDecodeError:
             raise InvalidFieldError("table key is not UTF-8") from None
-        table[key], pos = _decode_value(buf, key_end, depth)
-        if pos > end:
-            raise InvalidFieldError(f"value of {key!r} runs past the end of its table")
+        # The commonest tags inline (headers are mostly strings and ints), each
+        # read bounded by the table's end; the rest through _DECODERS.
+        tag = buf[key_end]
+        pos = key_end + 1
+        if tag == _TAG_S and pos + 4 <= end:
+            value_end = pos + 4 + _IU.unpack_from(buf, pos)[0]
+            if value_end > end:
+                raise InvalidFieldError(f"value of {key!r} runs past the end of its table")
+            raw = buf[pos + 4 : value_end]
+            try:
+                table[key] = str(raw, "utf-8")
+            except UnicodeDecodeError:
+                table[key] = LongStrBytes(raw)
+            pos = value_end
+        elif tag == _TAG_I and pos + 4 <= end:
+            table[key] = _I.unpack_from(buf, pos)[0]
+            pos += 4
+        elif tag == _TAG_T and pos < end:
+            table[key] = buf[pos] != 0
+            pos += 1
+        else:
+            table[key], pos = _decode_value(buf, key_end, depth)
+            if pos > end:
+                raise InvalidFieldError(f"value of {key!r} runs past the end of its table")
     return table, pos
 
 
@@ -253,6 +279,9 @@ def decode_array(data: bytes) -> list[Any]:
 
 
 # --------------------------------------------------------------------------- encoding
+#
+# Everything is appended to one bytearray; a table's or array's length prefix
+# is written in place once its items are (no per-item lists, joins or sums).
 
 _TAGGED_INTS: dict[type, tuple[bytes, struct.Struct]] = {
     Int8: (b"b", _B),
@@ -261,52 +290,63 @@ _TAGGED_INTS: dict[type, tuple[bytes, struct.Struct]] = {
     UInt16: (b"u", _SU),
     UInt32: (b"i", _IU),
 }
+_NO_LENGTH = b"\x00\x00\x00\x00"
 
 
-def _encode_value(value: Any, out: list[bytes], depth: int) -> None:
+def _encode_value(value: Any, out: bytearray, depth: int) -> None:
     kind = type(value)
     if kind is str:
         raw = value.encode("utf-8")
-        out.append(b"S" + _IU.pack(len(raw)))
-        out.append(raw)
+        out += b"S"
+        out += _IU.pack(len(raw))
+        out += raw
     elif kind is bool:
-        out.append(b"t\x01" if value else b"t\x00")
+        out += b"t\x01" if value else b"t\x00"
     elif kind is int:
         if -0x80000000 <= value <= 0x7FFFFFFF:
-            out.append(b"I" + _I.pack(value))
+            out += b"I"
+            out += _I.pack(value)
         elif -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF:
-            out.append(b"l" + _L.pack(value))
+            out += b"l"
+            out += _L.pack(value)
         else:
             raise ValueError(f"integer {value} does not fit a signed 64-bit table value")
     elif kind in _TAGGED_INTS:
         tag, st = _TAGGED_INTS[kind]
         try:
-            out.append(tag + st.pack(value))
+            packed = st.pack(value)
         except struct.error:
             raise ValueError(f"{value} does not fit a {kind.__name__}") from None
+        out += tag
+        out += packed
     elif kind is float:
-        out.append(b"d" + _D.pack(value))
+        out += b"d"
+        out += _D.pack(value)
     elif kind is Float32:
-        out.append(b"f" + _F.pack(value))
+        out += b"f"
+        out += _F.pack(value)
     elif kind is dict:
-        out.append(b"F")
-        _encode_table_into(value, out, depth + 1)
+        out += b"F"
+        encode_table_into(value, out, depth + 1)
     elif kind is list or kind is tuple:
-        out.append(b"A")
+        out += b"A"
         _encode_array_into(value, out, depth + 1)
     elif kind is bytes or kind is bytearray or kind is memoryview:
-        raw = bytes(value)
-        out.append(b"x" + _IU.pack(len(raw)))
-        out.append(raw)
+        out += b"x"
+        out += _IU.pack(len(value) if kind is not memoryview else value.nbytes)
+        out += value
     elif kind is LongStrBytes:
-        out.append(b"S" + _IU.pack(len(value)))
-        out.append(bytes(value))
+        out += b"S"
+        out += _IU.pack(len(value))
+        out += value
     elif value is None:
-        out.append(b"V")
+        out += b"V"
     elif isinstance(value, Decimal):
-        out.append(b"D" + _encode_decimal(value))
+        out += b"D"
+        out += _encode_decimal(value)
     elif isinstance(value, datetime.datetime):
-        out.append(b"T" + _LU.pack(_timestamp_seconds(value)))
+        out += b"T"
+        out += _LU.pack(_timestamp_seconds(value))
     elif isinstance(value, (dict, list, tuple, str, int, float, bytes)):
         # Subclasses of the plain types (e.g. an IntEnum, an OrderedDict).
         _encode_value(_plain(value), out, depth)
@@ -344,41 +384,66 @@ def _timestamp_seconds(value: datetime.datetime) -> int:
     return int(seconds)
 
 
-def _encode_table_into(table: dict[str, Any], out: list[bytes], depth: int) -> None:
+_KEY_CACHE: dict[str, bytes] = {}  # key -> its length octet and UTF-8 bytes
+_KEY_CACHE_MAX = 4096
+
+
+def _encoded_key(key: str) -> bytes:
+    raw_key = key.encode("utf-8")
+    if len(raw_key) > 255:
+        raise ValueError(f"table key {key[:40]!r}... is longer than 255 bytes")
+    encoded = _BU.pack(len(raw_key)) + raw_key
+    if len(_KEY_CACHE) < _KEY_CACHE_MAX and type(key) is str:
+        _KEY_CACHE[key] = encoded
+    return encoded
+
+
+def encode_table_into(table: dict[str, Any], out: bytearray, depth: int = 1) -> None:
+    """Append `table`, length prefix included, to `out` (``{}`` as an empty table)."""
     if depth > MAX_DEPTH:
         raise ValueError(f"tables nested deeper than {MAX_DEPTH} levels")
-    slot = len(out)
-    out.append(b"")
+    start = len(out)
+    out += _NO_LENGTH
+    keys = _KEY_CACHE
     for key, value in table.items():
-        raw_key = key.encode("utf-8")
-        if len(raw_key) > 255:
-            raise ValueError(f"table key {key[:40]!r}... is longer than 255 bytes")
-        out.append(_BU.pack(len(raw_key)) + raw_key)
-        _encode_value(value, out, depth)
-    out[slot] = _IU.pack(sum(map(len, out[slot + 1 :])))
+        encoded_key = keys.get(key)
+        out += _encoded_key(key) if encoded_key is None else encoded_key
+        # The commonest types inline; everything else through _encode_value.
+        kind = type(value)
+        if kind is str:
+            raw = value.encode("utf-8")
+            out += b"S"
+            out += _IU.pack(len(raw))
+            out += raw
+        elif kind is int and -0x80000000 <= value <= 0x7FFFFFFF:
+            out += b"I"
+            out += _I.pack(value)
+        else:
+            _encode_value(value, out, depth)
+    _IU.pack_into(out, start, len(out) - start - 4)
 
 
-def _encode_array_into(items: list[Any] | tuple[Any, ...], out: list[bytes], depth: int) -> None:
+def _encode_array_into(items: list[Any] | tuple[Any, ...], out: bytearray, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise ValueError(f"arrays nested deeper than {MAX_DEPTH} levels")
-    slot = len(out)
-    out.append(b"")
+    start = len(out)
+    out += _NO_LENGTH
     for value in items:
         _encode_value(value, out, depth)
-    out[slot] = _IU.pack(sum(map(len, out[slot + 1 :])))
+    _IU.pack_into(out, start, len(out) - start - 4)
 
 
 def encode_table(table: dict[str, Any] | None) -> bytes:
     """Encode a table, length prefix included. ``None`` encodes as an empty table."""
     if not table:
-        return b"\x00\x00\x00\x00"
-    out: list[bytes] = []
-    _encode_table_into(table, out, 1)
-    return b"".join(out)
+        return _NO_LENGTH
+    out = bytearray()
+    encode_table_into(table, out)
+    return bytes(out)
 
 
 def encode_array(items: list[Any] | tuple[Any, ...]) -> bytes:
     """Encode an array, length prefix included."""
-    out: list[bytes] = []
+    out = bytearray()
     _encode_array_into(items, out, 1)
-    return b"".join(out)
+    return bytes(out)

@@ -3,16 +3,23 @@
 A property is on the wire only when its flag bit is set; flags are numbered
 from bit 15 down, in the order below. ``timestamp`` is an int of seconds since
 the epoch, as in pika; ``headers`` is a field table.
+
+Speed: every message carries a property list, so, as in `_codegen`, the
+encoder is straight-line source generated from `PROPERTIES` at import, and
+each distinct flag word gets a decoder generated for exactly the properties it
+announces, on first sight (brokers send a handful of distinct flag words; past
+`_MAX_DECODERS` the generic loop takes over, so a hostile peer cannot make the
+cache grow without bound).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import InvalidFieldError
-from ._codegen import pack_shortstr
-from .fields import decode_table_at, encode_table
+from .fields import decode_table_at, encode_table_into
 
 __all__ = ["BasicProperties", "decode_properties", "encode_properties"]
 
@@ -35,7 +42,10 @@ PROPERTIES: tuple[tuple[str, str], ...] = (
 )
 _NAMES = tuple(name for name, _ in PROPERTIES)
 _FLAGS = tuple((name, domain, 1 << (15 - i)) for i, (name, domain) in enumerate(PROPERTIES))
+_KNOWN_FLAGS = sum(flag for _, _, flag in _FLAGS)  # 0xFFFC
 _Q = struct.Struct(">Q")
+_OCTETS = tuple(bytes((i,)) for i in range(256))
+_MAX_DECODERS = 256
 
 
 class BasicProperties:
@@ -102,50 +112,105 @@ class BasicProperties:
         return f"BasicProperties({', '.join(given)})"
 
 
-def encode_properties(props: BasicProperties | None) -> bytes:
-    """Property flags followed by the set properties."""
-    if props is None:
-        return b"\x00\x00"
-    flags = 0
-    parts = [b""]
+# --------------------------------------------------------------------------- generated code
+
+_NAMESPACE: dict[str, Any] = {
+    "BasicProperties": BasicProperties,
+    "InvalidFieldError": InvalidFieldError,
+    "decode_table_at": decode_table_at,
+    "encode_table_into": encode_table_into,
+    "OCTETS": _OCTETS,
+    "Q": _Q,
+}
+
+
+def _compile(lines: list[str], name: str) -> Any:
+    namespace = dict(_NAMESPACE)
+    exec("\n".join(lines), namespace)
+    return namespace[name]
+
+
+def _encoder_source() -> list[str]:
+    lines = [
+        "def encode_properties(props):",
+        "    if props is None:",
+        "        return b'\\x00\\x00'",
+        "    flags = 0",
+        "    out = bytearray(2)",
+    ]
     for name, domain, flag in _FLAGS:
-        value = getattr(props, name)
-        if value is None:
-            continue
-        flags |= flag
+        lines += [f"    value = props.{name}", "    if value is not None:",
+                  f"        flags |= {flag:#06x}"]
         if domain == "shortstr":
-            parts.append(pack_shortstr(value, name))
+            lines += [
+                "        raw = value.encode('utf-8', 'surrogateescape')",
+                "        if len(raw) > 255:",
+                f"            raise ValueError(f'{name} is {{len(raw)}} bytes long; "
+                "a short string holds 255')",
+                "        out += OCTETS[len(raw)]",
+                "        out += raw",
+            ]
         elif domain == "octet":
-            if not 0 <= value <= 255:
-                raise ValueError(f"{name} must be 0..255, not {value}")
-            parts.append(bytes((value,)))
+            lines += [
+                "        if not 0 <= value <= 255:",
+                f"            raise ValueError(f'{name} must be 0..255, not {{value}}')",
+                "        out += OCTETS[value]",
+            ]
         elif domain == "timestamp":
-            parts.append(_Q.pack(int(value)))
+            lines.append("        out += Q.pack(int(value))")
         else:
-            parts.append(encode_table(value))
-    parts[0] = flags.to_bytes(2, "big")
-    return b"".join(parts)
+            lines.append("        encode_table_into(value, out)")
+    lines += ["    out[0] = flags >> 8", "    out[1] = flags & 0xFF", "    return bytes(out)"]
+    return lines
 
 
-def decode_properties(buf: bytes, pos: int) -> tuple[BasicProperties, int]:
-    """Decode flags and properties at `pos`; returns them and the offset after."""
-    flags = int.from_bytes(buf[pos : pos + 2], "big")
-    pos += 2
+def _decoder_source(flags: int) -> list[str]:
+    """Source of a decoder for the properties `flags` announces, and only those."""
+    lines = ["def decode(buf, pos):"]
+    for name, domain, flag in _FLAGS:
+        if not flags & flag:
+            continue
+        if domain == "shortstr":
+            lines += ["    end = pos + 1 + buf[pos]",
+                      f"    {name} = str(buf[pos + 1:end], 'utf-8', 'surrogateescape')",
+                      "    pos = end"]
+        elif domain == "octet":
+            lines += [f"    {name} = buf[pos]", "    pos += 1"]
+        elif domain == "timestamp":
+            lines += [f"    {name}, = Q.unpack_from(buf, pos)", "    pos += 8"]
+        else:
+            lines.append(f"    {name}, pos = decode_table_at(buf, pos)")
+    args = ", ".join(name if flags & flag else "None" for name, _, flag in _FLAGS)
+    lines += ["    if pos > len(buf):",
+              "        raise InvalidFieldError('content header properties truncated')",
+              f"    return BasicProperties({args}), pos"]
+    return lines
+
+
+encode_properties: Callable[[BasicProperties | None], bytes] = _compile(
+    _encoder_source(), "encode_properties")
+encode_properties.__doc__ = "Property flags followed by the set properties."
+
+_Decoder = Callable[[bytes, int], "tuple[BasicProperties, int]"]
+_DECODERS: dict[int, _Decoder] = {}
+
+
+def _decoder_for(flags: int) -> _Decoder:
+    if len(_DECODERS) >= _MAX_DECODERS:
+        return lambda buf, pos: _decode_generic(flags, buf, pos)
+    decoder: _Decoder = _compile(_decoder_source(flags), "decode")
+    _DECODERS[flags] = decoder
+    return decoder
+
+
+def _decode_generic(flags: int, buf: bytes, pos: int) -> tuple[BasicProperties, int]:
     props = BasicProperties()
-    if not flags:
-        return props, pos
-    if flags & 1:
-        # Continuation flag: basic defines 14 properties, so no more flag words
-        # carry anything we know; skip them (the spec allows longer flag lists).
-        while int.from_bytes(buf[pos : pos + 2], "big") & 1:
-            pos += 2
-        pos += 2
     for name, domain, flag in _FLAGS:
         if not flags & flag:
             continue
         if domain == "shortstr":
             end = pos + 1 + buf[pos]
-            value: Any = bytes(buf[pos + 1 : end]).decode("utf-8", "surrogateescape")
+            value: Any = str(buf[pos + 1 : end], "utf-8", "surrogateescape")
             pos = end
         elif domain == "octet":
             value = buf[pos]
@@ -159,3 +224,26 @@ def decode_properties(buf: bytes, pos: int) -> tuple[BasicProperties, int]:
     if pos > len(buf):
         raise InvalidFieldError("content header properties truncated")
     return props, pos
+
+
+def decode_properties(buf: bytes, pos: int) -> tuple[BasicProperties, int]:
+    """Decode flags and properties at `pos`; returns them and the offset after.
+
+    Anything malformed or truncated raises `InvalidFieldError`.
+    """
+    try:
+        flags = (buf[pos] << 8) | buf[pos + 1]
+        pos += 2
+        if flags & 1:
+            # Continuation flag: basic defines 14 properties, so no more flag words
+            # carry anything we know; skip them (the spec allows longer flag lists).
+            while buf[pos + 1] & 1:
+                pos += 2
+            pos += 2
+        flags &= _KNOWN_FLAGS
+        decoder = _DECODERS.get(flags)
+        if decoder is None:
+            decoder = _decoder_for(flags)
+        return decoder(buf, pos)
+    except (IndexError, struct.error):
+        raise InvalidFieldError("content header properties truncated") from None
