@@ -8,6 +8,7 @@ routed it when it acks) or from the broker's own counters, never after a sleep.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -518,3 +519,103 @@ def test_update_secret_with_the_same_password(conn, ch):
     assert conn.is_open
     assert ch.queue_declare("", exclusive=True).queue.startswith("amq.gen-")
     assert conn.server_properties["product"] in (b"RabbitMQ", "RabbitMQ")
+
+
+# ---------------------------------------------------------------- pipelining and closes
+
+
+def test_pipelined_calls_behind_a_failing_one_get_its_error(conn, cch, names):
+    queue = names.queue()
+    cch.queue_declare(queue)
+    cch.basic_publish("", queue, b"a")
+    cch.basic_publish("", queue, b"b")
+    missing = names.queue()
+    calls = [lambda: cch.basic_get(queue, auto_ack=True),
+             lambda: cch.basic_get(queue, auto_ack=True),
+             lambda: cch.queue_declare(missing, passive=True),
+             lambda: cch.basic_get(queue, auto_ack=True),
+             lambda: cch.queue_declare("", exclusive=True)]
+
+    def run(call):
+        try:
+            return call()
+        except ChannelClosedByBroker as exc:
+            return exc
+
+    # spawned in order, each sends its request before the next runs: one pipeline
+    workers = [gevent.spawn(run, call) for call in calls]
+    gevent.joinall(workers, timeout=10, raise_error=True)
+    results = [w.value for w in workers]
+    assert [r[2] for r in results[:2]] == [b"a", b"b"]
+    error = results[2]
+    assert isinstance(error, ChannelClosedByBroker) and error.reply_code == 404
+    assert results[3] is error and results[4] is error
+    assert cch.is_closed and conn.is_open
+
+
+def test_close_with_requests_in_flight_releases_every_waiter(conn, names):
+    ch = conn.channel()
+    queue = names.queue()
+    ch.queue_declare(queue)
+
+    def get():
+        try:
+            return ch.basic_get(queue)
+        except ChannelClosedByClient as exc:
+            return exc
+
+    getters = [gevent.spawn(get) for _ in range(20)]
+    gevent.sleep(0)  # all twenty requests are queued
+    ch.close()
+    gevent.joinall(getters, timeout=10, raise_error=True)
+    for getter in getters:
+        assert getter.value == (None, None, None) or isinstance(getter.value,
+                                                                ChannelClosedByClient)
+    assert ch.is_closed and not ch._waiters and conn._channels == {}
+
+
+def test_close_with_confirms_outstanding_resolves_each(conn, names):
+    ch = conn.channel()
+    ch.confirm_delivery()
+    queue = names.queue()
+    ch.queue_declare(queue)
+    confirmations = [ch.basic_publish("", queue, str(i), wait=False) for i in range(200)]
+    ch.close()
+    outcomes = []
+    for confirmation in confirmations:
+        assert confirmation.done()
+        try:
+            outcomes.append(confirmation.wait(0))
+        except ChannelClosedByClient:
+            outcomes.append("closed")
+    assert set(outcomes) <= {True, "closed"}
+    acked = outcomes.count(True)
+    assert conn.channel().queue_declare(queue, passive=True).message_count >= acked
+
+
+def test_connection_close_fails_outstanding_confirms_and_waiters(broker, names):
+    conn = geamqp.connect(broker.url(), recover=False)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    queue = names.queue()
+    ch.queue_declare(queue)
+    confirmations = [ch.basic_publish("", queue, b"x", wait=False) for _ in range(100)]
+    conn.close()
+    for confirmation in confirmations:
+        assert confirmation.done()
+        with contextlib.suppress(ConnectionClosedByClient):
+            assert confirmation.wait(0) is True
+    with pytest.raises(ConnectionClosedByClient):
+        ch.basic_publish("", queue, b"after close")
+    with pytest.raises(ConnectionClosedByClient):
+        conn.channel()
+
+
+def test_large_message_spanning_many_frames(cch, names):
+    queue = names.queue()
+    cch.queue_declare(queue)
+    body = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4: many 128 KiB frames
+    cch.basic_publish("", queue, body)
+    cch.basic_publish("", queue, b"")  # and an empty body
+    assert cch.basic_get(queue, auto_ack=True)[2] == body
+    assert cch.basic_get(queue, auto_ack=True)[2] == b""

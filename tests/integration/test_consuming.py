@@ -483,3 +483,50 @@ def test_cancel_lets_in_flight_concurrent_callbacks_finish(ch, pub, names):
     assert sorted(finished) == sorted(str(i).encode() for i in range(8))
     assert ch.is_open
     assert pub.queue_declare(queue, passive=True).message_count == 0
+
+
+# ---------------------------------------------------------------- failures around consumers
+
+
+def test_basic_consume_on_a_missing_queue_leaves_no_consumer(conn, ch, names):
+    with pytest.raises(ChannelClosedByBroker) as info:
+        ch.basic_consume(names.queue(), lambda *a: None)
+    assert info.value.reply_code == 404
+    assert ch.consumer_tags == [] and conn.is_open
+
+
+def test_callback_may_close_its_own_channel(conn, ch, pub, names):
+    queue = declare(pub, names, 3)
+    closed = AsyncResult()
+    seen = []
+
+    def on_message(channel, method, properties, body):
+        seen.append(body)
+        channel.close()  # blocks this callback until close-ok; must not deadlock
+        closed.set(channel.is_closed)
+
+    ch.basic_consume(queue, on_message)
+    assert closed.get(timeout=5) is True
+    assert seen == [b"0"]  # what was delivered behind it is not dispatched
+    assert conn.is_open
+    wait_for(lambda: pub.queue_declare(queue, passive=True).message_count == 3, 5,
+             "the unacked deliveries to be requeued")
+
+
+def test_consume_generator_raises_when_the_connection_closes(conn, ch, pub, names):
+    queue = declare(pub, names)
+    stream = ch.consume(queue, inactivity_timeout=5)
+    pub.basic_publish("", queue, b"m")
+    assert next(stream)[2] == b"m"
+    gevent.spawn(conn.close)
+    with pytest.raises(ConnectionClosedByClient):
+        next(stream)
+
+
+def test_large_message_to_a_consumer(ch, pub, names):
+    queue = declare(pub, names)
+    body = b"\x00\xff" * (600 * 1024)  # 1.2 MB, ten frames of 128 KiB
+    got = AsyncResult()
+    ch.basic_consume(queue, lambda c, m, p, b: got.set(b), auto_ack=True)
+    pub.basic_publish("", queue, body)
+    assert got.get(timeout=10) == body
