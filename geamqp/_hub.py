@@ -50,6 +50,7 @@ class HubBridge:
         self._queue: deque[Callable[[], Any]] = deque()
         self._wake = Event()
         self._closed: AMQPError | None = None
+        self._exited = False  # the runner took its last callbacks
         self._async = self._hub.loop.async_()
         self._async.start(self._on_async)
         self._async.ref = False
@@ -65,16 +66,27 @@ class HubBridge:
                             "with connection.add_callback_threadsafe()")
 
     def add_callback_threadsafe(self, callback: Callable[[], Any]) -> None:
-        if self._closed is not None:
-            raise ConnectionWrongStateError(
-                f"connection is closed ({self._closed!r}); callback not accepted")
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        if self._closed is not None:
+            raise self._refusal()
         self._queue.append(callback)
+        if self._exited:
+            # The runner has finished its last drain or is in it: whichever of
+            # us removes the callback first owns it, so it runs or is refused.
+            try:
+                self._queue.remove(callback)
+            except ValueError:
+                return
+            raise self._refusal()
         if os_thread_ident() == self.thread_ident:
             self._wake.set()
         else:
             self._async.send()
+
+    def _refusal(self) -> ConnectionWrongStateError:
+        return ConnectionWrongStateError(
+            f"connection is closed ({self._closed!r}); callback not accepted")
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn` in a greenlet of the hub thread; block this OS thread for the result."""
@@ -103,21 +115,29 @@ class HubBridge:
         self._wake.set()
 
     def _run(self) -> None:
-        queue = self._queue
         while True:
             self._wake.clear()
-            while queue:
-                callback = queue.popleft()
-                try:
-                    callback()
-                except gevent.GreenletExit:
-                    raise
-                except Exception:
-                    log.exception("thread-safe callback %r raised", callback)
+            self._drain()
             if self._closed is not None:
+                self._exited = True
+                self._drain()
                 self._async.close()
                 return
             self._wake.wait()
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            try:
+                callback = queue.popleft()
+            except IndexError:  # a refusing caller took it back
+                return
+            try:
+                callback()
+            except gevent.GreenletExit:
+                raise
+            except Exception:
+                log.exception("thread-safe callback %r raised", callback)
 
     def close(self, error: AMQPError) -> None:
         """Refuse new callbacks; those already accepted still run, then the runner ends."""
