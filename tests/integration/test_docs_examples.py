@@ -89,3 +89,14 @@ def test_perf_tool_reports_progress_and_summary(broker: object, command: list[st
         confirmed = int(re.search(r"confirmed (\d+)", summary[0]).group(1))  # type: ignore[union-attr]
         assert confirmed == sent
         assert received == sent
+
+
+@pytest.mark.parametrize(("script", "expected"), [
+    ("threaded_ack.py", "processed and acked 5 messages in worker threads"),
+    ("threaded_consumer.py", "processed and acked 8 messages in the pool"),
+])
+def test_threaded_examples(broker: object, script: str, expected: str) -> None:
+    queue = f"threaded-{uuid.uuid4().hex[:10]}"
+    result = _run(str(EXAMPLES / script), "--queue", queue)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
