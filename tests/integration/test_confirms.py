@@ -278,3 +278,19 @@ def test_return_callback_without_confirms(conn, names):
     assert body == b"bounced"
     assert where is not conn._transport._reader
     assert where is ch._dispatcher._greenlet
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "geamqp/_transport.py Transport.throttle waits on _flushed with no timeout, and "
+    "_write_loop's failure paths (write stall, OSError) never set _flushed: a publisher "
+    "parked by back-pressure hangs forever once the connection is lost"))
+def test_publisher_parked_by_back_pressure_is_released_when_the_link_dies(proxy):
+    params = geamqp.ConnectionParameters(proxy.host, proxy.port, socket_timeout=1.0)
+    conn = geamqp.connect(params, recover=False)
+    ch = conn.channel()
+    proxy.throttle(0)  # the broker stops reading: the writer stalls, then gives up
+    body = b"x" * 10_000
+    with pytest.raises(geamqp.AMQPConnectionError), gevent.Timeout(6, False):
+        while True:
+            ch.basic_publish("", "nowhere", body)
+    assert conn.is_closed
