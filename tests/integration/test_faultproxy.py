@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -266,3 +267,42 @@ def test_stop_kills_every_greenlet_and_closes_every_socket(broker: BrokerEndpoin
     with pytest.raises(ConnectionRefusedError):
         gevent.socket.create_connection(proxy.address, timeout=5)
     proxy.stop()  # idempotent
+
+
+def echo_server() -> tuple[gevent.socket.socket, gevent.Greenlet]:
+    """A local upstream that echoes everything: bulk traffic without the broker."""
+    listener = gevent.socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        sock, _ = listener.accept()
+        with sock, contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            while data := sock.recv(65536):
+                sock.sendall(data)
+
+    return listener, gevent.spawn(serve)
+
+
+def send_until_reset(sock: socket.socket, payload: bytes) -> None:
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        sock.sendall(payload)
+
+
+def test_bulk_traffic_arrives_intact_and_reset_after_is_exact() -> None:
+    listener, server = echo_server()
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    cut = len(payload) - 12345
+    try:
+        with FaultProxy(upstream=listener.getsockname()) as proxy, connect(proxy) as sock:
+            fired = proxy.reset_after(cut, "to_client")
+            writer = gevent.spawn(send_until_reset, sock, payload)
+            data, error = read_until_closed(sock, timeout=10)
+            writer.join(10)
+            assert fired.wait(5)
+        assert len(data) == cut
+        assert data == payload[:cut]
+        assert isinstance(error, ConnectionResetError)
+    finally:
+        server.kill()
+        listener.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -139,33 +140,34 @@ class ConnectionInfo:
     connection_name: str | None  # client_properties["connection_name"]
 
 
-def _client_property(properties: list[list[Any]], key: str) -> Any:
-    for entry in properties:
-        if entry[0] == key:
-            return entry[-1]
-    return None
+_CONNECTION_NAME = re.compile(r'\{"connection_name","((?:[^"\\]|\\.)*)"\}')
 
 
 def list_connections() -> list[ConnectionInfo]:
-    rows = rabbitmqctl_json("list_connections", "name", "vhost", "user", "client_properties")
-    # The JSON formatter writes pids as "#PID<...>", which close_connection
-    # does not accept; the table output has the usable form.
-    table = rabbitmqctl("list_connections", "name", "pid", "--quiet", "--no-table-headers")
-    pids = dict(line.rsplit("\t", 1) for line in table.splitlines() if "\t" in line)
+    """Every AMQP connection the broker has, in one rabbitmqctl call.
+
+    The table output is used (not JSON) because only it writes pids in the
+    form close_connection accepts; client_properties come as Erlang-ish terms
+    from which connection_name is picked out.
+    """
+    table = rabbitmqctl(
+        "list_connections", "pid", "name", "vhost", "user", "client_properties",
+        "--quiet", "--no-table-headers",
+    )  # fmt: skip
     infos = []
-    for row in rows:
-        name = row["name"]
-        if name not in pids:
-            continue  # closed between the two calls
+    for line in table.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 5:
+            continue  # not a connection row
+        pid, name, vhost, user, properties = fields
+        match = _CONNECTION_NAME.search(properties)
         infos.append(
             ConnectionInfo(
-                pid=pids[name],
+                pid=pid,
                 name=name,
-                vhost=row["vhost"],
-                user=row["user"],
-                connection_name=_client_property(
-                    row.get("client_properties") or [], "connection_name"
-                ),
+                vhost=vhost,
+                user=user,
+                connection_name=match.group(1).replace('\\"', '"') if match else None,
             )
         )
     return infos
