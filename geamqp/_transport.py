@@ -19,6 +19,7 @@ import contextlib
 import errno
 import logging
 import socket as _stdsocket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -86,6 +87,8 @@ def _wrap_tls(sock: Any, params: ConnectionParameters) -> Any:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, (TimeoutError, _stdsocket.timeout)):
         return "timed out"
+    if isinstance(exc, ssl.SSLError):  # its errno is an SSL error code, not an OS errno
+        return exc.strerror or str(exc)
     if isinstance(exc, OSError) and exc.errno:
         return f"{errno.errorcode.get(exc.errno, exc.errno)} {exc.strerror or ''}".strip()
     return str(exc) or type(exc).__name__

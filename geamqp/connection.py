@@ -130,10 +130,10 @@ class Connection:
                 try:
                     self._open_one(params)
                     return
-                except _NOT_RETRIED as exc:
-                    self._finish(exc)
-                    raise
                 except AMQPConnectionError as exc:
+                    if isinstance(exc, _NOT_RETRIED) and self._refused_for_good(exc):
+                        self._finish(exc)
+                        raise
                     log.info("connecting to %s failed: %s", params, exc)
                     last = exc
             if attempt + 1 < attempts:
@@ -141,6 +141,14 @@ class Connection:
         assert last is not None
         self._finish(last)
         raise last
+
+    def _refused_for_good(self, exc: AMQPConnectionError) -> bool:
+        """A server that closed before sending a byte (a load balancer without a
+        backend, a broker starting up) did not answer with another protocol: the
+        core reports that EOF as IncompatibleProtocolError, but it is retried."""
+        if isinstance(exc, IncompatibleProtocolError):
+            return bool(self._engine._prelude)
+        return True
 
     def _open_one(self, params: ConnectionParameters) -> None:
         self.params = params
