@@ -291,6 +291,8 @@ _TAGGED_INTS: dict[type, tuple[bytes, struct.Struct]] = {
     UInt32: (b"i", _IU),
 }
 _NO_LENGTH = b"\x00\x00\x00\x00"
+_TAGGED_LEN = struct.Struct(">BI")  # a tag and a long string's length
+_TAGGED_I = struct.Struct(">Bi")
 
 
 def _encode_value(value: Any, out: bytearray, depth: int) -> None:
@@ -412,12 +414,10 @@ def encode_table_into(table: dict[str, Any], out: bytearray, depth: int = 1) -> 
         kind = type(value)
         if kind is str:
             raw = value.encode("utf-8")
-            out += b"S"
-            out += _IU.pack(len(raw))
+            out += _TAGGED_LEN.pack(_TAG_S, len(raw))
             out += raw
         elif kind is int and -0x80000000 <= value <= 0x7FFFFFFF:
-            out += b"I"
-            out += _I.pack(value)
+            out += _TAGGED_I.pack(_TAG_I, value)
         else:
             _encode_value(value, out, depth)
     _IU.pack_into(out, start, len(out) - start - 4)
