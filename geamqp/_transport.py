@@ -37,7 +37,7 @@ __all__ = ["Transport", "open_socket"]
 
 log = logging.getLogger("geamqp.transport")
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 128 * 1024
 _CLOSE_GRACE = 5.0  # seconds to wait for close-ok after a protocol error
 _HIGH_WATER_FRAMES = 2000  # queued publishes before a publisher waits for the writer
 

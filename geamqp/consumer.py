@@ -33,6 +33,7 @@ __all__ = ["Confirmation", "Consumer", "Dispatcher", "ReturnedMessage"]
 
 log = logging.getLogger("geamqp.consumer")
 
+_YIELD_EVERY = 64
 OnMessage = Callable[["Channel", Any, BasicProperties, bytes], Any]
 
 
@@ -69,7 +70,11 @@ class Dispatcher:
         wake = self._wake
         while True:
             wake.clear()
+            done = 0
             while queue:
+                done += 1
+                if not done % _YIELD_EVERY:
+                    gevent.sleep(0)  # bound the latency other greenlets see
                 fn, args = popleft()
                 try:
                     fn(*args)
