@@ -20,7 +20,7 @@ import resource
 import time
 
 
-class Unsupported(Exception):  # noqa: N818 - read as "this client: unsupported because ..."
+class Unsupported(Exception):
     """This client cannot run this case; the message says why."""
 
 
