@@ -443,6 +443,25 @@ def test_10k_channel_open_close_cycles_leave_no_records(conn):
     assert conn.channel().queue_declare("", exclusive=True).queue
 
 
+def test_channel_number_is_reused_only_after_close_ok(proxy):
+    conn = geamqp.connect(proxy.url(), recover=False)
+    try:
+        first = conn.channel()
+        assert first.channel_number == 1
+        proxy.throttle(0, "to_client")  # hold the broker's close-ok
+        closing = gevent.spawn(first.close)
+        opening = gevent.spawn(conn.channel)
+        wait_for(lambda: 2 in conn._channels and first.is_closing, 5,
+                 "the close sent and the new channel requested")
+        assert sorted(conn._channels) == [1, 2]  # number 1 still awaits its close-ok
+        proxy.throttle(None)
+        gevent.joinall([closing, opening], timeout=10, raise_error=True)
+        assert opening.value.channel_number == 2 and first.is_closed
+        assert conn.channel().channel_number == 1  # free again after close-ok
+    finally:
+        conn.close()
+
+
 def test_channel_close_callback_and_state(conn):
     ch = conn.channel()
     closed = []

@@ -374,9 +374,17 @@ def test_basic_cancel_stops_deliveries(ch, pub, names):
     ch.basic_cancel("never-existed")
 
 
-def test_exclusive_consumer_refuses_a_second(conn, ch, pub, names):
+def test_exclusive_consumer_refuses_a_second_and_arguments_reach_the_broker(
+        conn, ch, pub, names):
     queue = declare(pub, names)
-    ch.basic_consume(queue, lambda *a: None, exclusive=True)
+    tag = ch.basic_consume(queue, lambda *a: None, exclusive=True,
+                           arguments={"x-priority": 7})
+    rows = broker_ctl.rabbitmqctl_json("list_consumers", "queue_name", "consumer_tag",
+                                       "ack_required", "arguments")
+    [row] = [r for r in rows if r["consumer_tag"] == tag]
+    assert row["queue_name"] == queue
+    assert row["ack_required"] is True  # auto_ack=False
+    assert "x-priority" in str(row["arguments"]) and "7" in str(row["arguments"])
     other = conn.channel()
     with pytest.raises(ChannelClosedByBroker) as info:
         other.basic_consume(queue, lambda *a: None)
