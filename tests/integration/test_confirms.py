@@ -280,6 +280,25 @@ def test_return_callback_without_confirms(conn, names):
     assert where is ch._dispatcher._greenlet
 
 
+def test_wait_for_confirms_returns_false_on_timeout(proxy, names):
+    conn = geamqp.connect(proxy.url(), recover=False)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        queue = names.queue()
+        ch.queue_declare(queue)
+        proxy.throttle(0, "to_client")  # the broker's acks are held back
+        confirmation = ch.basic_publish("", queue, b"slow ack", wait=False)
+        assert confirmation.wait(timeout=0.2) is False
+        assert ch.wait_for_confirms(timeout=0.2) is False
+        assert not confirmation.done()
+        proxy.throttle(None)
+        assert ch.wait_for_confirms(timeout=5) is True
+        assert confirmation.wait(0) is True
+    finally:
+        conn.close()
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "geamqp/_transport.py Transport.throttle waits on _flushed with no timeout, and "
     "_write_loop's failure paths (write stall, OSError) never set _flushed: a publisher "
