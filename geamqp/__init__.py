@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .channel import Channel
     from .connection import Connection, connect
     from .consumer import Confirmation, ReturnedMessage
+    from .publisher import Publisher, PublisherClosed
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ _LAZY = {
     "Channel": ".channel",
     "Confirmation": ".consumer",
     "ReturnedMessage": ".consumer",
+    "Publisher": ".publisher",
+    "PublisherClosed": ".publisher",
 }
 
 
@@ -47,6 +50,8 @@ __all__ = [
     "ConnectionParameters",
     "ExternalCredentials",
     "PlainCredentials",
+    "Publisher",
+    "PublisherClosed",
     "ReturnedMessage",
     "SSLOptions",
     "URLParameters",
