@@ -11,6 +11,7 @@ from .protocol.properties import BasicProperties
 from .protocol.sasl import ExternalCredentials, PlainCredentials
 
 if TYPE_CHECKING:
+    from ._hub import ForkedConnectionError
     from .channel import Channel
     from .connection import Connection, connect
     from .consumer import Confirmation, ReturnedMessage
@@ -29,6 +30,7 @@ _LAZY = {
     "Confirmation": ".consumer",
     "ReturnedMessage": ".consumer",
     "Publisher": ".publisher",
+    "ForkedConnectionError": "._hub",
     "PublisherClosed": ".publisher",
 }
 
@@ -49,6 +51,7 @@ __all__ = [
     "Connection",
     "ConnectionParameters",
     "ExternalCredentials",
+    "ForkedConnectionError",
     "PlainCredentials",
     "Publisher",
     "PublisherClosed",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -32,12 +33,28 @@ from gevent.monkey import get_original
 
 from .exceptions import AMQPError, ConnectionWrongStateError
 
-__all__ = ["HubBridge", "make_threadsafe", "os_thread_ident"]
+__all__ = ["ForkedConnectionError", "HubBridge", "make_threadsafe", "os_thread_ident"]
 
 log = logging.getLogger("geamqp.hub")
 
 os_thread_ident: Callable[[], int] = get_original("_thread", "get_ident")
 _allocate_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
+
+# Bumped in every forked child: a connection remembers the generation it was
+# opened in, and refuses to be used from another one.
+_fork_generation = [0]
+
+
+def _after_fork_in_child() -> None:
+    _fork_generation[0] += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ForkedConnectionError(ConnectionWrongStateError):
+    """A connection inherited across os.fork(): it belongs to the parent process.
+    Open a new connection in the child (e.g. lazily, after the fork)."""
 
 
 class HubBridge:
@@ -47,6 +64,8 @@ class HubBridge:
         self._owner = owner
         self._hub = gevent.get_hub()
         self.thread_ident = os_thread_ident()
+        self.fork_generation = _fork_generation[0]
+        self.pid = os.getpid()
         self._queue: deque[Callable[[], Any]] = deque()
         self._wake = Event()
         self._closed: AMQPError | None = None
@@ -56,6 +75,12 @@ class HubBridge:
         self._async.ref = False
         self._runner = gevent.spawn(self._run)
         self._runner.name = "geamqp-hub-callbacks"
+
+    def check_fork(self) -> None:
+        if self.fork_generation != _fork_generation[0]:
+            raise ForkedConnectionError(
+                f"this connection was opened in process {self.pid} and inherited by "
+                f"process {os.getpid()} through fork(); open a new connection here")
 
     def in_hub_thread(self) -> bool:
         return os_thread_ident() == self.thread_ident
@@ -68,6 +93,7 @@ class HubBridge:
     def add_callback_threadsafe(self, callback: Callable[[], Any]) -> None:
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        self.check_fork()
         if self._closed is not None:
             raise self._refusal()
         self._queue.append(callback)
@@ -156,6 +182,7 @@ def threadsafe(method: _F, bridge_of: Callable[[Any], HubBridge]) -> _F:
         @functools.wraps(method)
         def generator_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             bridge = bridge_of(self)
+            bridge.check_fork()
             if bridge.in_hub_thread():
                 return method(self, *args, **kwargs)
             return _marshalled_iter(bridge, method(self, *args, **kwargs))
@@ -165,6 +192,8 @@ def threadsafe(method: _F, bridge_of: Callable[[Any], HubBridge]) -> _F:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         bridge = bridge_of(self)
+        if bridge.fork_generation != _fork_generation[0]:
+            bridge.check_fork()
         if os_thread_ident() == bridge.thread_ident:
             return method(self, *args, **kwargs)
         return bridge.call(method, self, *args, **kwargs)
