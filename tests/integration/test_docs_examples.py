@@ -100,3 +100,63 @@ def test_threaded_examples(broker: object, script: str, expected: str) -> None:
     result = _run(str(EXAMPLES / script), "--queue", queue)
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout
+
+
+def test_pool_consumer_example_bounds_concurrency(broker: object) -> None:
+    queue = f"pool-{uuid.uuid4().hex[:10]}"
+    result = _run(str(EXAMPLES / "pool_consumer.py"), "--queue", queue, "--workers", "7")
+    assert result.returncode == 0, result.stderr
+    assert "processed 50 messages with at most 7 at once" in result.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_gunicorn_gevent_publisher_example(broker: object) -> None:
+    import concurrent.futures
+    import http.client
+    import os
+    import time
+
+    queue = f"requests-{uuid.uuid4().hex[:10]}"
+    port = _free_port()
+    env = dict(os.environ, AMQP_QUEUE=queue)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--bind",
+         f"127.0.0.1:{port}", "examples.gunicorn_gevent_publisher:app"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def request(n: int) -> tuple[int, bytes]:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                client.request("POST", f"/order/{n}")
+                response = client.getresponse()
+                return response.status, response.read()
+            except ConnectionRefusedError:  # gunicorn still starting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(request, range(40)))
+        assert results == [(202, b"queued\n")] * 40
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    drained = _run("-c", (
+        "import geamqp, json\n"
+        "c = geamqp.connect('amqp://guest:guest@127.0.0.1:5672/%2F')\n"
+        "ch = c.channel(); paths = []\n"
+        f"while (m := ch.basic_get({queue!r}, auto_ack=True))[0]:\n"
+        "    paths.append(json.loads(m[2])['path'])\n"
+        f"ch.queue_delete({queue!r}); print(len(paths), len(set(paths)))\n"))
+    assert drained.returncode == 0, drained.stderr + output
+    assert drained.stdout.split() == ["40", "40"]
