@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .channel import Channel
     from .connection import Connection, connect
     from .consumer import Confirmation, ReturnedMessage
+    from .fleet import ConsumerFleet
     from .publisher import Publisher, PublisherClosed
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ _LAZY = {
     "Confirmation": ".consumer",
     "ReturnedMessage": ".consumer",
     "Publisher": ".publisher",
+    "ConsumerFleet": ".fleet",
     "ForkedConnectionError": "._hub",
     "PublisherClosed": ".publisher",
 }
@@ -50,6 +52,7 @@ __all__ = [
     "Confirmation",
     "Connection",
     "ConnectionParameters",
+    "ConsumerFleet",
     "ExternalCredentials",
     "ForkedConnectionError",
     "PlainCredentials",

@@ -1,0 +1,116 @@
+"""`ConsumerFleet`: thousands of consumers spread over C connections x K channels.
+
+High-fan-out processes hold one queue per tenant, device or session. One
+channel per consumer costs the broker a process per channel; one channel for
+all of them serialises every callback behind one dispatcher greenlet and
+one prefetch window. A fleet opens `connections` connections with
+`channels_per_connection` channels each (lazily, as consumers arrive) and
+puts each new consumer on the channel with the fewest consumers, so load and
+prefetch windows are shared evenly and no consumer starves behind another.
+
+`basic_qos(prefetch_count)` is per consumer (RabbitMQ's per-consumer QoS),
+so a consumer that stops acking holds at most `prefetch_count` messages in
+this process, whatever the others do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gevent.lock import Semaphore
+
+from .channel import Channel
+from .connection import Connection, ParamsLike, connect
+from .consumer import OnMessage
+
+__all__ = ["ConsumerFleet"]
+
+
+class ConsumerFleet:
+    """Many consumers, spread evenly over a bounded set of connections and channels."""
+
+    def __init__(self, parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
+                 connections: int = 20, channels_per_connection: int = 25,
+                 prefetch_count: int = 10, name: str = "consumer-fleet") -> None:
+        if connections < 1 or channels_per_connection < 1:
+            raise ValueError("connections and channels_per_connection must be at least 1")
+        self._parameters = parameters
+        self._name = name
+        self.prefetch_count = prefetch_count
+        self.max_connections = connections
+        self.channels_per_connection = channels_per_connection
+        self.connections: list[Connection] = []
+        self.channels: list[Channel] = []
+        self._load: dict[Channel, int] = {}
+        self._owner: dict[str, Channel] = {}  # consumer tag -> its channel
+        self._grow = Semaphore()
+        self._closed = False
+
+    def __enter__(self) -> ConsumerFleet:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    @property
+    def consumer_count(self) -> int:
+        return len(self._owner)
+
+    def _capacity(self) -> int:
+        return self.max_connections * self.channels_per_connection
+
+    def _open_channel(self) -> Channel:
+        index = len(self.channels)
+        conn_index = index // self.channels_per_connection
+        if conn_index == len(self.connections):
+            self.connections.append(connect(self._parameters,
+                                             name=f"{self._name}-{conn_index}"))
+        channel = self.connections[conn_index].channel()
+        channel.basic_qos(prefetch_count=self.prefetch_count)  # per consumer
+        self.channels.append(channel)
+        self._load[channel] = 0
+        return channel
+
+    def _pick(self) -> Channel:
+        with self._grow:  # greenlets adding consumers at once open channels one by one
+            open_channels = [ch for ch in self.channels if ch.is_open]
+            if len(self.channels) < self._capacity():
+                fewest = min((self._load[ch] for ch in open_channels), default=None)
+                if fewest is None or fewest > 0:
+                    return self._open_channel()
+            if not open_channels:
+                raise RuntimeError("every channel of the fleet is closed")
+            return min(open_channels, key=self._load.__getitem__)
+
+    def basic_consume(self, queue: str, on_message_callback: OnMessage, auto_ack: bool = False,
+                      **kwargs: Any) -> str:
+        """Start a consumer on the least-loaded channel; returns its consumer tag."""
+        if self._closed:
+            raise RuntimeError("consumer fleet is closed")
+        channel = self._pick()
+        self._load[channel] += 1
+        try:
+            tag = channel.basic_consume(queue, on_message_callback, auto_ack, **kwargs)
+        except BaseException:
+            self._load[channel] -= 1
+            raise
+        self._owner[tag] = channel
+        return tag
+
+    def basic_cancel(self, consumer_tag: str) -> None:
+        """Cancel one consumer; everything held for it is released."""
+        channel = self._owner.pop(consumer_tag, None)
+        if channel is None:
+            return
+        self._load[channel] -= 1
+        if channel.is_open:
+            channel.basic_cancel(consumer_tag)
+
+    def close(self) -> None:
+        """Close every connection of the fleet (and so every consumer)."""
+        self._closed = True
+        for connection in self.connections:
+            connection.close()
+        self._owner.clear()
+        self._load.clear()
