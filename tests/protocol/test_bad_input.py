@@ -581,3 +581,17 @@ def test_channel_method_on_channel_0_is_503() -> None:
     conn = opened()
     _raises(conn, frame(0, Basic.Ack(1)), CommandInvalid, 503)
     _assert_closing_with(conn, 503)
+
+
+def test_close_ok_after_a_protocol_error_reports_that_error() -> None:
+    conn = opened()
+    open_channel(conn)
+    err = _raises(conn, raw_frame(FRAME_METHOD, 1, struct.pack(">HH", 99, 1)), UnknownMethod, 540)
+    _assert_closing_with(conn, 540)
+    assert conn.receive_data(deliver(1, b"late")) == []  # dropped while closing
+    [closed] = conn.receive_data(frame(0, Connection.CloseOk()))
+    assert isinstance(closed, ev.ConnectionClosed)
+    assert closed.error is err
+    assert closed.reply_code == 540
+    assert closed.by_peer is False
+    assert conn.state is ConnState.CLOSED

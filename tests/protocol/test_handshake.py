@@ -298,6 +298,20 @@ def test_530_on_open_is_an_access_denied_error() -> None:
     assert sent_methods(conn) == [(0, Connection.CloseOk())]
 
 
+def test_any_close_after_open_is_an_access_denied_error() -> None:
+    conn = new_connection(virtual_host="nope")
+    conn.receive_data(start() + tune())
+    [closed] = conn.receive_data(frame(0, Connection.Close(402, "INVALID_PATH", 10, 40)))
+    assert type(closed.error) is ProbableAccessDeniedError  # type: ignore[attr-defined]
+
+
+def test_any_close_after_start_ok_is_an_authentication_error() -> None:
+    conn = new_connection()
+    conn.receive_data(start())
+    [closed] = conn.receive_data(frame(0, Connection.Close(541, "INTERNAL_ERROR", 0, 0)))
+    assert type(closed.error) is ProbableAuthenticationError  # type: ignore[attr-defined]
+
+
 def test_close_before_start_sends_nothing() -> None:
     conn = new_connection()
     conn.data_to_send()
