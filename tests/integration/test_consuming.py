@@ -175,9 +175,10 @@ def test_callback_that_raises_is_logged_and_consuming_goes_on(conn, ch, pub, nam
     assert len(failures) == 1
     assert "callback failure under test" in caplog.text
     assert conn.is_open and ch.is_open
-    pub.basic_publish("", queue, b"later")
     collect.expected, collect.done = 4, Event()
+    pub.basic_publish("", queue, b"later")
     assert collect.done.wait(5)
+    assert collect.bodies[-1] == b"later"
 
 
 # ---------------------------------------------------------------- start / stop
