@@ -108,6 +108,7 @@ class Transport:
         self._flushed = Event()
         self._closing = False
         self._lost = False
+        self._error: AMQPError | None = None  # why the link failed, for parked publishers
         self._write_timeout = write_timeout
         sock.settimeout(write_timeout)
         self._reader = gevent.spawn(self._read_loop)
@@ -124,17 +125,20 @@ class Transport:
 
     def throttle(self) -> None:
         """Back-pressure for publishers: when many frames wait for the writer (the
-        broker reads slower than we publish), wait until the writer has sent them."""
+        broker reads slower than we publish), wait until the writer has sent them.
+        Raises the transport's error when the link fails meanwhile."""
         if len(self._engine._out) >= _HIGH_WATER_FRAMES and not self._closing:
             self._flushed.clear()
             self.kick()
             self._flushed.wait()
+            if self._error is not None:
+                raise self._error
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far has been handed to the kernel."""
         self._flushed.clear()
         self.kick()
-        return bool(self._flushed.wait(timeout))
+        return bool(self._flushed.wait(timeout)) and self._error is None
 
     def _write_loop(self) -> None:
         wake = self._wake
@@ -238,7 +242,9 @@ class Transport:
             return
         self._lost = True
         self._closing = True
+        self._error = error
         self._shut_socket()
+        self._flushed.set()  # the writer is gone: release publishers parked in throttle()
         self._on_lost(error)
 
     def _shut_socket(self) -> None:
@@ -251,6 +257,7 @@ class Transport:
         self._closing = True
         self._lost = True
         self._shut_socket()
+        self._flushed.set()
         self.stop_greenlets()
 
     def stop_greenlets(self) -> None:

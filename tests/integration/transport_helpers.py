@@ -5,6 +5,8 @@
 - ``frames``: split captured client bytes into AMQP frames.
 - ``geamqp_greenlets`` / ``wait_no_geamqp_greenlets``: greenlets running
   geamqp code, to prove a connection leaves none behind.
+- ``catching`` / ``joined`` / ``Closed``: spawned waiters that return their
+  exception, bounded joins, the close callback's outcome.
 - ``TinyServer``: a gevent listener with a scripted per-connection handler
   (silent server, foreign protocol header, accept-then-close, IPv6 forwarder).
 """
@@ -22,9 +24,10 @@ from typing import Any
 
 import gevent
 import gevent.socket
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 from gevent.pool import Group
 
+import geamqp
 import geamqp.connection
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
@@ -102,6 +105,47 @@ def frames(wire: bytes) -> list[Frame]:
 
 def count_method(wire: bytes, class_id: int, method_id: int) -> int:
     return sum(1 for f in frames(wire) if f.method_ids == (class_id, method_id))
+
+
+# -- waiters -----------------------------------------------------------------
+
+
+def catching(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn``; return its result or the exception it raised (for spawned waiters,
+    so an expected failure is not printed by the hub as a greenlet error)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        return exc
+
+
+def first(iterable_factory: Callable[[], Any]) -> Any:
+    return next(iter(iterable_factory()))
+
+
+class Closed:
+    """Records the close callback: the exception, how often, and when."""
+
+    def __init__(self, conn: geamqp.Connection) -> None:
+        self.result: AsyncResult = AsyncResult()
+        self.calls = 0
+        self.at: float | None = None
+        conn.add_on_close_callback(self._on_close)
+
+    def _on_close(self, _conn: geamqp.Connection, error: Exception) -> None:
+        self.calls += 1
+        self.at = time.monotonic()
+        self.result.set(error)
+
+    def wait(self, timeout: float) -> Exception:
+        return self.result.get(timeout=timeout)  # type: ignore[no-any-return]
+
+
+def joined(greenlets: list[gevent.Greenlet], timeout: float) -> list[Any]:
+    gevent.joinall(greenlets, timeout=timeout)
+    stuck = [g for g in greenlets if not g.ready()]
+    assert not stuck, f"still waiting after {timeout} s: {stuck}"
+    return [g.value for g in greenlets]
 
 
 # -- greenlets ---------------------------------------------------------------
