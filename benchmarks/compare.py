@@ -60,7 +60,7 @@ ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from _clients import Meter, Unsupported  # noqa: E402
+from _clients import PROFILE_ENV, Meter, Unsupported  # noqa: E402
 from _clients import raw as raw_client  # noqa: E402
 
 DEFAULT_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -123,7 +123,8 @@ def child(client: str, case_name: str, queue: str, n: int, url: str) -> int:
     return 0
 
 
-def run_one(client: str, case: Case, n: int, url: str) -> dict[str, Any]:
+def run_one(client: str, case: Case, n: int, url: str,
+            profile: str | None = None) -> dict[str, Any]:
     queue = f"bench-{case.name}-{client}-{uuid.uuid4().hex[:10]}"
     raw_client.admin(url, declare=(queue,))
     try:
@@ -133,6 +134,8 @@ def run_one(client: str, case: Case, n: int, url: str) -> dict[str, Any]:
                    queue, str(n), "--url", url]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]))
+        if profile:
+            env[PROFILE_ENV] = profile
         try:
             proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env,
                                   timeout=RUN_TIMEOUT, check=False)
@@ -204,7 +207,8 @@ def table(summaries: dict[tuple[str, str], Summary], cases: list[Case],
                 notes.append(f"per {case.unit[:-1]}")
             if s.error:
                 notes.append(s.error)
-            lines.append(f"| {label} | {client} | {s.rate:,.0f} | {s.cpu_us:.1f} | {ratio} | "
+            cpu = f"{s.cpu_us:.1f}" if s.cpu_us >= 1 else f"{s.cpu_us:.2f}"
+            lines.append(f"| {label} | {client} | {s.rate:,.0f} | {cpu} | {ratio} | "
                          f"{'; '.join(notes)} |")
     return "\n".join(lines)
 
@@ -280,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", help=f"comma-separated, of: {', '.join(CASES)}")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every N by this")
     parser.add_argument("--output", help="also write the report (Markdown) to this file")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="cProfile each run's timed span into DIR/CASE-CLIENT-RUN.prof "
+                             "(slows the clients: figures are then not comparable)")
     parser.add_argument("--url", default=DEFAULT_URL, help="broker URL (default: $AMQP_URL "
                                                           "or guest on 127.0.0.1)")
     parser.add_argument("--child", nargs=4, metavar=("CLIENT", "CASE", "QUEUE", "N"),
@@ -292,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     clients = _pick(args.clients, list(CLIENTS), "clients", parser)
     cases = [CASES[c] for c in _pick(args.cases, list(CASES), "cases", parser)]
     repeat = args.repeat or (1 if args.quick else 3)
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
     sizes = {c.name: max(1, int((c.n_quick if args.quick else c.n) * args.scale))
              for c in cases}
     results: dict[tuple[str, str], list[dict[str, Any]]] = {
@@ -304,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
             for client in clients:
                 if any("skip" in r for r in results[(case.name, client)]):
                     continue  # a skip is a property of the client, not of the run
-                result = run_one(client, case, sizes[case.name], args.url)
+                profile = (os.path.join(args.profile, f"{case.name}-{client}-{rep + 1}.prof")
+                           if args.profile else None)
+                result = run_one(client, case, sizes[case.name], args.url, profile)
                 results[(case.name, client)].append(result)
                 shown = (f"{sizes[case.name] / result['wall']:,.0f} msgs/s, "
                          f"{result['cpu'] / sizes[case.name] * 1e6:.1f} µs/msg"

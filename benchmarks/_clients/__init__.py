@@ -16,8 +16,12 @@ cannot do a case raises `Unsupported` with the reason.
 
 from __future__ import annotations
 
+import cProfile
+import os
 import resource
 import time
+
+PROFILE_ENV = "BENCH_PROFILE"  # when set: cProfile the timed span, dump the stats to this path
 
 
 class Unsupported(Exception):
@@ -32,6 +36,9 @@ class Meter:
         self.cpu = 0.0
         self._t0 = 0.0
         self._c0 = 0.0
+        path = os.environ.get(PROFILE_ENV)
+        self._profile_path = path
+        self._profiler = cProfile.Profile() if path else None
 
     @staticmethod
     def _cpu() -> float:
@@ -39,12 +46,17 @@ class Meter:
         return usage.ru_utime + usage.ru_stime
 
     def start(self) -> None:
+        if self._profiler is not None:
+            self._profiler.enable()
         self._c0 = self._cpu()
         self._t0 = time.perf_counter()
 
     def stop(self) -> None:
         self.wall = time.perf_counter() - self._t0
         self.cpu = self._cpu() - self._c0
+        if self._profiler is not None:
+            self._profiler.disable()
+            self._profiler.dump_stats(self._profile_path)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
