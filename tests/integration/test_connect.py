@@ -171,20 +171,24 @@ def test_connection_attempts_against_a_refused_port(monkeypatch):
 
 
 def test_connection_attempts_against_a_listener_that_resets(proxy):
+    before = geamqp_greenlets()
     proxy.refuse(True, mode="reset")
     started = time.monotonic()
     with pytest.raises(AMQPConnectionError):
         geamqp.connect(f"{proxy.url()}?connection_attempts=3&retry_delay=0.1", recover=False)
     assert proxy.connections_accepted == 3
     assert time.monotonic() - started < 5
+    wait_no_geamqp_greenlets(before)
 
 
 def test_connection_attempts_against_a_listener_that_closes_without_a_word():
+    before = geamqp_greenlets()
     with tiny_server(closes_without_a_word) as server:
         url = f"amqp://guest:guest@127.0.0.1:{server.port}/?connection_attempts=3&retry_delay=0"
         with pytest.raises(IncompatibleProtocolError, match=r"before sending connection\.start"):
             geamqp.connect(url, recover=False)
         assert server.accepted == 3
+    wait_no_geamqp_greenlets(before)  # three failed attempts leave nothing running
 
 
 def test_socket_timeout_bounds_a_connect_that_hangs():
