@@ -364,6 +364,17 @@ def test_tls_certificate_for_another_host_fails(tls_front):
                        recover=False)
 
 
+def test_tls_handshake_with_a_silent_server_is_bounded_by_socket_timeout(tls_front):
+    with tiny_server(silent) as server:
+        params = ConnectionParameters(
+            host="localhost", port=server.port, socket_timeout=0.5, stack_timeout=30,
+            ssl_options=SSLOptions(tls_front.client_context()))
+        started = time.monotonic()
+        with pytest.raises(AMQPConnectionError, match=r"TLS handshake .* timed out"):
+            geamqp.connect(params, recover=False)
+    assert time.monotonic() - started < 2.0
+
+
 def test_amqps_url_with_cacertfile(tls_front, tmp_path):
     ca_file = tmp_path / "ca.pem"
     tls_front.ca.cert_pem.write_to_path(str(ca_file))
