@@ -299,11 +299,9 @@ def test_wait_for_confirms_returns_false_on_timeout(proxy, names):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "geamqp/_transport.py Transport.throttle waits on _flushed with no timeout, and "
-    "_write_loop's failure paths (write stall, OSError) never set _flushed: a publisher "
-    "parked by back-pressure hangs forever once the connection is lost"))
 def test_publisher_parked_by_back_pressure_is_released_when_the_link_dies(proxy):
+    """Transport.throttle parks a publisher until the writer catches up; a write
+    stall must release it with the connection's error (it once hung forever)."""
     params = geamqp.ConnectionParameters(proxy.host, proxy.port, socket_timeout=1.0)
     conn = geamqp.connect(params, recover=False)
     ch = conn.channel()
