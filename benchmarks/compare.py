@@ -253,6 +253,20 @@ def targets(summaries: dict[tuple[str, str], Summary]) -> str:
     return "\n".join(lines)
 
 
+def _geamqp_revision() -> str:
+    """The commit geamqp was measured at, and whether geamqp/ had uncommitted edits."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT,
+                                  timeout=10, check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown commit"
+    dirty = git("status", "--porcelain", "--", "geamqp")
+    return f"commit {head}" + (" plus uncommitted changes in geamqp/" if dirty else "")
+
+
 def broker_version(url: str) -> str:
     conn = raw_client.RawConnection(url)
     try:
@@ -338,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- broker: RabbitMQ {broker_version(args.url)} at {args.url.split('@')[-1]}",
             f"- machine: {os.cpu_count()} CPUs (nproc), {platform.platform()}, "
             f"Python {platform.python_version()}",
+            f"- geamqp: {_geamqp_revision()}",
             f"- command: `.venv/bin/python {command}`",
             f"- medians of {repeat} run(s) each, one subprocess per run; "
             f"total {time.monotonic() - started:.0f} s",
