@@ -6,7 +6,8 @@
 - The *writer* coalesces: any greenlet appends whole frames to the engine and
   calls `kick()`; the writer wakes once, takes everything queued in that hub
   turn with `data_to_send()` and writes it with one `sendall`.
-- The *heartbeat* greenlet calls `engine.tick(now)` four times per interval.
+- The *heartbeat* greenlet calls `engine.tick(now)` eight times per interval, so a heartbeat
+  goes out at most 5/8 of an interval after the last frame sent.
 
 A send that makes no progress for `write_timeout` seconds means the link is
 dead (write stall). OS errors become `StreamLostError` here, at the boundary,
@@ -219,7 +220,7 @@ class Transport:
 
     def start_heartbeat(self, interval: int) -> None:
         if interval and self._heartbeat is None:
-            self._heartbeat = gevent.spawn(self._heartbeat_loop, interval / 4.0)
+            self._heartbeat = gevent.spawn(self._heartbeat_loop, interval / 8.0)
 
     def _heartbeat_loop(self, period: float) -> None:
         engine = self._engine

@@ -42,6 +42,7 @@ from .protocol.properties import BasicProperties
 from .protocol.spec import Basic, Confirm, Exchange, Method, Tx
 from .protocol.spec import Channel as ChannelSpec
 from .protocol.spec import Queue as Q
+from .recovery import ChannelRecovery
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -52,9 +53,11 @@ log = logging.getLogger("geamqp.channel")
 
 _tag_counter = itertools.count(1)
 _OPENING, _OPEN, _CLOSING, _CLOSED = "opening", "open", "closing", "closed"
+# While the supervisor reconnects: suspended, then being restored (see recovery.py).
+_RECOVERING, _RESTORING = "recovering", "restoring"
 
 
-class Channel:
+class Channel(ChannelRecovery):
     """One AMQP channel on a `Connection`. Create with `connection.channel()`."""
 
     def __init__(self, connection: Connection, number: int) -> None:
@@ -64,7 +67,6 @@ class Channel:
         self._error: AMQPError | None = None
         self._waiters: deque[tuple[tuple[type[Method], ...], AsyncResult]] = deque()
         self._consumers: dict[str, Consumer] = {}
-        self._generators: dict[str, Queue] = {}
         self._confirms: dict[int, Confirmation] = {}
         self._confirm_mode = False
         self._dispatcher = Dispatcher(f"geamqp-channel-{number}")
@@ -74,6 +76,12 @@ class Channel:
         self._consuming = Event()  # set when start_consuming should re-check its condition
         self._stop_requested = False
         self._closed_event = Event()
+        self._qos: tuple[int, int, bool] | None = None  # restored after a reconnect
+        self._tx_mode = False
+        self._tag_offset = 0  # delivery tags of earlier connection generations end here
+        self._last_tag = 0
+        self._republish: list[Confirmation] = []
+        self._closer: gevent.Greenlet | None = None  # the greenlet inside close()
 
     def __repr__(self) -> str:
         return f"<Channel number={self.channel_number} {self._state}>"
@@ -94,10 +102,14 @@ class Channel:
 
     @property
     def consumer_tags(self) -> list[str]:
-        return list(self._consumers) + list(self._generators)
+        return list(self._consumers)
 
     def _check_open(self) -> None:
         if self._state != _OPEN:
+            if self._state in (_RECOVERING, _RESTORING):
+                self.connection._wait_recovered()
+                if self._state == _OPEN:
+                    return
             if self._error is not None:
                 raise self._error
             raise ChannelWrongStateError(f"channel {self.channel_number} is {self._state}")
@@ -134,12 +146,15 @@ class Channel:
         except BaseException:
             self._waiters.remove((replies, waiter))
             raise
-        return waiter.get()
+        reply = waiter.get()
+        self.connection._topology.on_reply(self, method, reply)
+        return reply
 
     # ------------------------------------------------------------------ events (reader)
 
     def _on_opened(self) -> None:
-        self._state = _OPEN
+        if self._state == _OPENING:
+            self._state = _OPEN
         self._resolve(ChannelSpec.OpenOk())
 
     def _resolve(self, method: Any, value: Any = None) -> None:
@@ -167,18 +182,22 @@ class Channel:
     def _on_content(self, method: Method, properties: BasicProperties, body: bytes) -> None:
         kind = type(method)
         if kind is Basic.Deliver:
+            if self._tag_offset:
+                method.delivery_tag += self._tag_offset  # type: ignore[attr-defined]
+            self._last_tag = method.delivery_tag  # type: ignore[attr-defined]
             tag = method.consumer_tag  # type: ignore[attr-defined]
             consumer = self._consumers.get(tag)
-            if consumer is not None:
+            if consumer is None:
+                log.warning("channel %s: delivery for unknown consumer %r dropped",
+                            self.channel_number, tag)
+            elif consumer.sink is not None:
+                consumer.sink.put((method, properties, body))
+            else:
                 self._dispatcher.submit(consumer.run, method, properties, body)
-                return
-            queue = self._generators.get(tag)
-            if queue is not None:
-                queue.put((method, properties, body))
-                return
-            log.warning("channel %s: delivery for unknown consumer %r dropped",
-                        self.channel_number, tag)
         elif kind is Basic.GetOk:
+            if self._tag_offset:
+                method.delivery_tag += self._tag_offset  # type: ignore[attr-defined]
+            self._last_tag = method.delivery_tag  # type: ignore[attr-defined]
             self._resolve(method, (method, properties, body))
         elif kind is Basic.Return:
             self._on_return(method, properties, body)  # type: ignore[arg-type]
@@ -216,12 +235,14 @@ class Channel:
     def _on_broker_cancel(self, method: Basic.Cancel) -> None:
         tag = method.consumer_tag
         consumer = self._consumers.pop(tag, None)
-        queue = self._generators.pop(tag, None)
         log.info("channel %s: broker cancelled consumer %r", self.channel_number, tag)
-        if queue is not None:
-            queue.put(ConsumerCancelled(f"consumer {tag!r} was cancelled by the broker"))
         if consumer is not None:
-            self._dispatcher.submit(consumer.drain)
+            self._consumer_gone(consumer)
+            if consumer.sink is not None:
+                consumer.sink.put(ConsumerCancelled(f"consumer {tag!r} was cancelled by the "
+                                                    "broker"))
+            else:
+                self._dispatcher.submit(consumer.drain)
         for callback in self._cancel_callbacks:
             self._dispatcher.submit(callback, method)
         self._consuming.set()
@@ -238,19 +259,23 @@ class Channel:
         confirms, self._confirms = self._confirms, {}
         for confirmation in confirms.values():
             confirmation._fail(error)
-        for queue in self._generators.values():
-            queue.put(error)
-        self._generators = {}
+        # The dispatcher first: parked in a full pool's spawn(), it would start one
+        # more callback in the slot that killing the pool frees.
+        self._dispatcher.stop(spare=self._closer)
         consumers, self._consumers = self._consumers, {}
         for consumer in consumers.values():
+            if consumer.sink is not None:
+                consumer.sink.put(error)
             consumer.stop()
         self._consuming.set()
         self._closed_event.set()
         log.log(logging.INFO if isinstance(error, ChannelClosedByBroker) else logging.DEBUG,
                 "channel %s closed: %s", self.channel_number, error)
+        # Everything held for the channel is released above: queued deliveries and
+        # any callback still running (it could not ack or publish on a closed channel
+        # anyway). The close callbacks run in the connection's dispatcher instead.
         for callback in self._close_callbacks:
-            self._dispatcher.submit(callback, self, error)
-        self._dispatcher.stop(drain=True)
+            self.connection._dispatcher.submit(callback, self, error)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -262,6 +287,7 @@ class Channel:
                 self._wait_closed()
             return
         self._state = _CLOSING
+        self._closer = gevent.getcurrent()
         self._error = ChannelClosedByClient(reply_code, reply_text)
         conn = self.connection
         if conn._engine.is_open:
@@ -323,7 +349,9 @@ class Channel:
 
     def basic_qos(self, prefetch_size: int = 0, prefetch_count: int = 0,
                   global_qos: bool = False) -> Basic.QosOk:
-        return self._rpc(Basic.Qos(prefetch_size, prefetch_count, global_qos))  # type: ignore[no-any-return]
+        ok = self._rpc(Basic.Qos(prefetch_size, prefetch_count, global_qos))
+        self._qos = (prefetch_size, prefetch_count, global_qos)
+        return ok  # type: ignore[no-any-return]
 
     def basic_recover(self, requeue: bool = False) -> Basic.RecoverOk:
         return self._rpc(Basic.Recover(requeue))  # type: ignore[no-any-return]
@@ -340,7 +368,9 @@ class Channel:
         return self._confirm_mode
 
     def tx_select(self) -> Tx.SelectOk:
-        return self._rpc(Tx.Select())  # type: ignore[no-any-return]
+        ok = self._rpc(Tx.Select())
+        self._tx_mode = True
+        return ok  # type: ignore[no-any-return]
 
     def tx_commit(self) -> Tx.CommitOk:
         return self._rpc(Tx.Commit())  # type: ignore[no-any-return]
@@ -414,16 +444,28 @@ class Channel:
         self.connection._check_thread()
         if self._state != _OPEN:
             self._check_open()
+        if self._tag_offset:
+            delivery_tag = self._current_tag(delivery_tag, multiple)
+            if delivery_tag < 0:
+                return
         self.connection._engine.ack(self.channel_number, delivery_tag, multiple)
         self.connection._kick()
 
     def basic_nack(self, delivery_tag: int = 0, multiple: bool = False,
                    requeue: bool = True) -> None:
         self._check_open()
+        if self._tag_offset:
+            delivery_tag = self._current_tag(delivery_tag, multiple)
+            if delivery_tag < 0:
+                return
         self._send(Basic.Nack(delivery_tag, multiple, requeue))
 
     def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
         self._check_open()
+        if self._tag_offset:
+            delivery_tag = self._current_tag(delivery_tag, False)
+            if delivery_tag < 0:
+                return
         self._send(Basic.Reject(delivery_tag, requeue))
 
     def basic_get(self, queue: str, auto_ack: bool = False) -> tuple[Any, Any, Any]:
@@ -441,7 +483,7 @@ class Channel:
         properties, body)` from the moment this returns. Returns the consumer tag."""
         self._check_open()
         tag = consumer_tag or f"ctag{next(_tag_counter)}.{uuid.uuid4().hex}"
-        if tag in self._consumers or tag in self._generators:
+        if tag in self._consumers:
             raise DuplicateConsumerTag(f"consumer tag {tag!r} is already in use on this channel")
         consumer = Consumer(self, tag, queue, on_message_callback, auto_ack, exclusive,
                             arguments, executor, concurrency)
@@ -455,18 +497,19 @@ class Channel:
 
     def basic_cancel(self, consumer_tag: str) -> None:
         """Cancel a consumer; deliveries already received are still dispatched."""
-        if consumer_tag not in self._consumers and consumer_tag not in self._generators:
+        if consumer_tag not in self._consumers:
             return
         try:
             if self._state == _OPEN:
                 self._rpc(Basic.Cancel(consumer_tag))
         finally:
             consumer = self._consumers.pop(consumer_tag, None)
-            queue = self._generators.pop(consumer_tag, None)
             if consumer is not None:
-                self._dispatcher.submit(consumer.drain)
-            if queue is not None:
-                queue.put(StopIteration)
+                self._consumer_gone(consumer)
+                if consumer.sink is not None:
+                    consumer.sink.put(StopIteration)
+                else:
+                    self._dispatcher.submit(consumer.drain)
             self._consuming.set()
 
     # ------------------------------------------------------------------ consuming loops
@@ -483,7 +526,7 @@ class Channel:
             if self._state == _CLOSED:
                 assert self._error is not None
                 raise self._error
-            if self._stop_requested or not (self._consumers or self._generators):
+            if self._stop_requested or not self._consumers:
                 return
             self._consuming.wait()
 
@@ -504,11 +547,12 @@ class Channel:
         self._check_open()
         tag = f"ctag{next(_tag_counter)}.{uuid.uuid4().hex}"
         queue_: Queue = Queue()
-        self._generators[tag] = queue_
+        consumer = Consumer(self, tag, queue, None, auto_ack, exclusive, arguments, sink=queue_)
+        self._consumers[tag] = consumer
         try:
-            self._rpc(Basic.Consume(0, queue, tag, False, auto_ack, exclusive, False, arguments))
+            self._rpc(consumer.consume_method())
         except BaseException:
-            self._generators.pop(tag, None)
+            self._consumers.pop(tag, None)
             raise
         try:
             while True:
@@ -523,12 +567,12 @@ class Channel:
                     raise item
                 yield item
         finally:
-            if tag in self._generators and self._state == _OPEN:
+            if tag in self._consumers and self._state == _OPEN:
                 self.basic_cancel(tag)
 
     def cancel(self) -> None:
         """Cancel every `consume()` generator's consumer on this channel (pika's name)."""
-        for tag in list(self._generators):
+        for tag in [t for t, c in self._consumers.items() if c.sink is not None]:
             self.basic_cancel(tag)
 
 

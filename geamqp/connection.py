@@ -28,6 +28,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 
 from ._hub import HubBridge, make_threadsafe
+from ._topology import Topology
 from ._transport import Transport, open_socket
 from .channel import Channel
 from .consumer import Dispatcher
@@ -45,6 +46,7 @@ from .parameters import ConnectionParameters, URLParameters
 from .protocol import AMQPConnection, ClientSettings
 from .protocol import events as ev
 from .protocol.spec import Channel as ChannelSpec
+from .recovery import RecoverySettings, Supervisor
 
 __all__ = ["Connection", "connect"]
 
@@ -65,9 +67,23 @@ def _as_params(value: ParamsLike) -> ConnectionParameters:
 
 
 def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
-            name: str | None = None, recover: bool = True) -> Connection:
+            name: str | None = None, recover: bool = True,
+            recovery_delay_min: float = 0.5, recovery_delay_max: float = 30.0,
+            recovery_max_attempts: int | None = None, recovery_deadline: float | None = None,
+            republish_unconfirmed: bool = False,
+            recovery_wait_timeout: float = 60.0) -> Connection:
     """Open a connection: to a URL, a `ConnectionParameters`, or the first of a list that
-    answers. `name` is shown in the management UI (connection_name)."""
+    answers. `name` is shown in the management UI (connection_name).
+
+    With ``recover=True`` (the default) a lost connection is re-established by
+    the supervisor (see recovery.py): back-off between `recovery_delay_min` and
+    `recovery_delay_max` seconds with full jitter, giving up after
+    `recovery_max_attempts` attempts or `recovery_deadline` seconds (None: never);
+    requests made meanwhile wait up to `recovery_wait_timeout` seconds. Unconfirmed
+    publishes fail with `PublishOutcomeUnknown` unless `republish_unconfirmed`."""
+    settings = RecoverySettings(recovery_delay_min, recovery_delay_max, recovery_max_attempts,
+                                recovery_deadline, republish_unconfirmed,
+                                recovery_wait_timeout)
     if parameters is None:
         candidates = [ConnectionParameters()]
     elif isinstance(parameters, (str, ConnectionParameters)):
@@ -76,14 +92,14 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
         candidates = [_as_params(p) for p in parameters]
         if not candidates:
             raise ValueError("connect() needs at least one URL or ConnectionParameters")
-    return Connection(candidates, name=name, recover=recover)
+    return Connection(candidates, name=name, recover=recover, recovery=settings)
 
 
 class Connection:
     """An open AMQP connection. Create it with `geamqp.connect()`."""
 
     def __init__(self, candidates: list[ConnectionParameters], name: str | None = None,
-                 recover: bool = True) -> None:
+                 recover: bool = True, recovery: RecoverySettings | None = None) -> None:
         self._candidates = candidates
         self.name = name
         self.recover = recover
@@ -102,9 +118,14 @@ class Connection:
         self._secret_waiter: AsyncResult | None = None
         self.server_properties: dict[str, Any] = {}
         self._bridge = HubBridge(self)
-        if recover:
-            log.info("automatic recovery is not implemented yet: this connection will raise "
-                     "on loss like pika's, it will not recover")
+        self._topology = Topology()
+        self._supervisor = Supervisor(self, recovery or RecoverySettings()) if recover else None
+        self._private: Channel | None = None  # the supervisor's channel for replaying topology
+        self._app_closing = False
+        self._lost_callbacks: list[Callable[..., Any]] = []
+        self._recovered_callbacks: list[Callable[..., Any]] = []
+        self._recovery_failed_callbacks: list[Callable[..., Any]] = []
+        self._renamed_callbacks: list[Callable[..., Any]] = []
         self._open()
 
     def __repr__(self) -> str:
@@ -212,6 +233,27 @@ class Connection:
         """`callback(connection, exception)` once the connection has closed, for any reason."""
         self._close_callbacks.append(callback)
 
+    def add_on_connection_lost_callback(self, callback: Callable[..., Any]) -> None:
+        """`callback(connection, exception)` when the link is lost and recovery starts."""
+        self._lost_callbacks.append(callback)
+
+    def add_on_recovered_callback(self, callback: Callable[..., Any]) -> None:
+        """`callback(connection)` once channels, topology and consumers are restored."""
+        self._recovered_callbacks.append(callback)
+
+    def add_on_recovery_failed_callback(self, callback: Callable[..., Any]) -> None:
+        """`callback(connection, exception)` when recovery gives up (then the close
+        callbacks run too)."""
+        self._recovery_failed_callbacks.append(callback)
+
+    def add_on_queue_renamed_callback(self, callback: Callable[..., Any]) -> None:
+        """`callback(old_name, new_name)` when a server-named queue comes back renamed."""
+        self._renamed_callbacks.append(callback)
+
+    @property
+    def is_recovering(self) -> bool:
+        return self._supervisor is not None and self._supervisor.recovering
+
     def add_on_connection_blocked_callback(self, callback: Callable[..., Any]) -> None:
         """`callback(connection, method)` when the broker blocks publishing (resource alarm)."""
         self._blocked_callbacks.append(callback)
@@ -225,15 +267,25 @@ class Connection:
     def channel(self, channel_number: int | None = None) -> Channel:
         """Open a channel (the lowest free number unless given); blocks until open-ok."""
         self._check_thread()
+        if self._supervisor is not None and self._supervisor.recovering:
+            self._wait_recovered()
         if not self.is_open:
             raise self._error or ConnectionWrongStateError("connection is not open")
+        return self._open_channel(channel_number)
+
+    def _open_channel(self, channel_number: int | None) -> Channel:
         number = self._engine.open_channel(channel_number)
         channel = Channel(self, number)
         self._channels[number] = channel
         waiter = AsyncResult()
         channel._waiters.append(((ChannelSpec.OpenOk,), waiter))
         self._kick()
-        waiter.get()
+        try:
+            waiter.get()
+        except BaseException:
+            if self._channels.get(number) is channel:
+                del self._channels[number]
+            raise
         return channel
 
     # ------------------------------------------------------------------ events (reader)
@@ -329,6 +381,75 @@ class Connection:
             self._opened.set_exception(error)
             self._transport.close_after_flush()
             return
+        supervisor = self._supervisor
+        if supervisor is not None and not self._app_closing and supervisor.should_recover(error):
+            self._on_lost_for_recovery(supervisor, error)
+            return
+        self._final_close(error)
+
+    def _on_lost_for_recovery(self, supervisor: Supervisor, error: AMQPError) -> None:
+        """The link died under a recovering connection: suspend, let the supervisor work."""
+        self._drop_transport()
+        private, self._private = self._private, None
+        if private is not None:
+            self._channels.pop(private.channel_number, None)
+            private._on_closed(error)
+        republish = supervisor.settings.republish_unconfirmed
+        for number, channel in list(self._channels.items()):
+            if channel._state in ("opening", "closing"):
+                del self._channels[number]
+                channel._on_closed(error)
+            else:
+                channel._suspend(error, republish)
+        if self._secret_waiter is not None:
+            self._secret_waiter.set_exception(error)
+        if supervisor.recovering:
+            return  # lost again while restoring: the supervisor's loop carries on
+        self._blocked = False
+        self._unblocked.set()
+        self._cancel_blocked_timer()
+        for callback in self._lost_callbacks:
+            self._dispatcher.submit(callback, self, error)
+        supervisor.start(error)
+
+    def _drop_transport(self) -> None:
+        transport = getattr(self, "_transport", None)
+        if transport is not None:
+            transport.abort()
+
+    def _wait_recovered(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.wait()
+        if self._closed.is_set() and self._error is not None:
+            raise self._error
+
+    def _recovery_channel(self) -> Channel:
+        """The supervisor's own channel: a failed replay step closes it, not a user's."""
+        if self._private is None or not self._private.is_open:
+            if self._private is not None:
+                self._channels.pop(self._private.channel_number, None)
+            self._private = self._open_channel(None)
+        return self._private
+
+    def _on_recovered(self) -> None:
+        private, self._private = self._private, None
+        if private is not None and private.is_open:
+            private.close()
+        for callback in self._recovered_callbacks:
+            self._dispatcher.submit(callback, self)
+
+    def _on_recovery_failed(self, error: AMQPError) -> None:
+        for callback in self._recovery_failed_callbacks:
+            self._dispatcher.submit(callback, self, error)
+        self._supervisor = None
+        self._final_close(error)
+
+    def _on_queue_renamed(self, old: str, new: str) -> None:
+        log.info("server-named queue %r came back as %r", old, new)
+        for callback in self._renamed_callbacks:
+            self._dispatcher.submit(callback, old, new)
+
+    def _final_close(self, error: AMQPError) -> None:
         self._error = error
         level = logging.INFO if isinstance(error, ConnectionClosedByClient) else logging.WARNING
         log.log(level, "connection to %s closed: %r", self.params, error)
@@ -364,6 +485,13 @@ class Connection:
         from any number of greenlets; blocks until the broker confirms or 5 s pass."""
         self._check_thread()
         if self._closed.is_set():
+            return
+        self._app_closing = True
+        supervisor = self._supervisor
+        if supervisor is not None and supervisor.recovering:
+            supervisor.stop()
+            self._drop_transport()
+            self._final_close(ConnectionClosedByClient(reply_code, reply_text))
             return
         if self._engine.close(reply_code, reply_text):
             self._kick()

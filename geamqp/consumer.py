@@ -87,8 +87,12 @@ class Dispatcher:
                 return
             wake.wait()
 
-    def stop(self, drain: bool = False) -> None:
-        """Stop the greenlet: after running what is queued (drain) or now (killing it)."""
+    def stop(self, drain: bool = False, spare: Any = None) -> None:
+        """Stop the greenlet: after running what is queued (drain) or now (killing it).
+
+        The greenlet is not killed when it is `spare` (e.g. a callback that is itself
+        closing the channel): it ends once that callback returns.
+        """
         self._stopped = True
         greenlet = self._greenlet
         if greenlet is None or greenlet.dead:
@@ -97,7 +101,7 @@ class Dispatcher:
             self._wake.set()
             return
         self._queue.clear()
-        if greenlet is not gevent.getcurrent():
+        if greenlet is not gevent.getcurrent() and greenlet is not spare:
             greenlet.kill(block=True, timeout=5)
 
 
@@ -105,11 +109,11 @@ class Consumer:
     """One basic.consume: its tag, callback and how the callback is run."""
 
     __slots__ = ("arguments", "auto_ack", "callback", "channel", "concurrency", "exclusive",
-                 "executor", "pool", "queue", "tag")
+                 "executor", "pool", "queue", "sink", "tag")
 
-    def __init__(self, channel: Channel, tag: str, queue: str, callback: OnMessage,
+    def __init__(self, channel: Channel, tag: str, queue: str, callback: OnMessage | None,
                  auto_ack: bool, exclusive: bool, arguments: dict[str, Any] | None,
-                 executor: Any = None, concurrency: int = 1) -> None:
+                 executor: Any = None, concurrency: int = 1, sink: Any = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.channel = channel
@@ -122,6 +126,12 @@ class Consumer:
         self.executor = executor
         self.concurrency = concurrency
         self.pool = Pool(concurrency) if concurrency > 1 else None
+        self.sink = sink  # a consume() generator's queue: deliveries go there, not to a callback
+
+    def consume_method(self) -> Basic.Consume:
+        """The basic.consume that (re)creates this consumer on the broker."""
+        return Basic.Consume(0, self.queue, self.tag, False, self.auto_ack, self.exclusive,
+                             False, self.arguments)
 
     def run(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
         """Called in the dispatcher greenlet for each delivery."""
@@ -134,14 +144,19 @@ class Consumer:
             submit = getattr(self.executor, "submit", None) or self.executor.spawn
             submit(self._call_logged, method, properties, body)
         elif self.pool is not None:
-            self.pool.spawn(self._call_logged, method, properties, body)  # waits when full
+            # Wait for a free slot first, then look again: the channel may have
+            # closed meanwhile, and spawn() itself must not park (a greenlet it
+            # created while waiting would outlive the close).
+            self.pool.wait_available()
+            if self.channel.is_open:
+                self.pool.spawn(self._call_logged, method, properties, body)
         else:
-            self.callback(self.channel, method, properties, body)
+            self.callback(self.channel, method, properties, body)  # type: ignore[misc]
 
     def _call_logged(self, method: Basic.Deliver, properties: BasicProperties,
                      body: bytes) -> None:
         try:
-            self.callback(self.channel, method, properties, body)
+            self.callback(self.channel, method, properties, body)  # type: ignore[misc]
         except Exception:
             log.exception("consumer %s: callback raised on delivery %s; carrying on",
                           self.tag, method.delivery_tag)

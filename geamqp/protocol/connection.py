@@ -641,6 +641,7 @@ class AMQPConnection:
             return []
         if now - self._last_send >= interval / 2:
             self._out.append(HEARTBEAT_FRAME)
+            self._last_send = now  # counted as sent now, not at the next tick
         silent = now - self._last_recv
         if silent < 2 * interval:
             return []
