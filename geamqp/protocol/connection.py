@@ -55,13 +55,14 @@ from .frames import (
     HEARTBEAT_FRAME,
     PROTOCOL_HEADER,
     FrameReader,
+    Span,
     decode_deliver,
     encode_ack,
     encode_content,
     encode_method,
     encode_publish,
 )
-from .properties import BasicProperties, decode_properties
+from .properties import BasicProperties, decode_properties, new_properties
 from .sasl import Credentials
 from .spec import METHODS, SERVER, Basic, Channel, Confirm, Connection, Method
 from .state import (
@@ -87,6 +88,9 @@ CAPABILITIES = (
 )
 _IDS = struct.Struct(">HH")
 _CONTENT = struct.Struct(">HHQ")
+_CONTENT_FLAGS = struct.Struct(">HHQH")
+_OPEN = ChanState.OPEN
+_CONN_OPEN = ConnState.OPEN
 _DELIVER = Basic.Deliver.INDEX
 _ACCESS_REFUSED = 403
 _NOT_ALLOWED = 530
@@ -139,6 +143,7 @@ class AMQPConnection:
 
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
+        self._max_body = min(settings.max_message_size, _MAX_BODY_SIZE)
         self.state = ConnState.AWAIT_START
         self.server_properties: dict[str, Any] = {}
         self.channel_max = settings.channel_max
@@ -209,15 +214,27 @@ class AMQPConnection:
         events: list[ev.Event] = []
         reader = self._reader
         try:
-            for ftype, channel, payload in reader.feed(data):
-                if self.is_closed:
-                    break  # closed by an earlier frame of this chunk: the rest is moot
+            buf, spans = reader.feed_spans(data)
+            count = len(spans)
+            i = 0
+            while i < count:
+                ftype, channel, start, end = spans[i]
+                i += 1
                 if ftype == FRAME_METHOD:
-                    self._on_method_frame(channel, payload, events)
+                    if (end - start > 4 and buf[start + 3] == 60 and buf[start + 1] == 60
+                            and buf[start] == 0 and buf[start + 2] == 0):
+                        # basic.deliver: in one step when its content is whole here
+                        taken = self._fused_deliver(buf, spans, i - 1, count, events)
+                        if taken:
+                            i += taken - 1
+                            continue
+                    self._on_method_frame(channel, buf, start, end, events)
+                    if self.is_closed:
+                        break  # closed by this frame: the rest of the chunk is moot
                 elif ftype == FRAME_BODY:
-                    self._on_body_frame(channel, payload, events)
+                    self._on_body_frame(channel, buf[start:end], events)
                 elif ftype == FRAME_HEADER:
-                    self._on_header_frame(channel, payload, events)
+                    self._on_header_frame(channel, buf, start, end, events)
                 elif channel != 0:
                     raise BadHeartbeat(f"heartbeat frame on channel {channel}")
             if reader.error is not None:
@@ -286,12 +303,58 @@ class AMQPConnection:
 
     # ------------------------------------------------------------------ frames
 
-    def _on_method_frame(self, channel: int, payload: bytes, events: list[ev.Event]) -> None:
+    def _fused_deliver(self, buf: bytes, spans: list[Span], i: int, count: int,
+                       events: list[ev.Event]) -> int:
+        """basic.deliver, its header and its single body frame, decoded in one step.
+
+        The hot path of every consumer. Returns how many frames it consumed, or
+        0 when the content is not whole in this chunk or anything is unusual —
+        then the frame-by-frame path handles it (and raises what is wrong).
+        """
+        if i + 1 >= count:
+            return 0
+        _, channel, start, end = spans[i]
+        htype, hchannel, hstart, hend = spans[i + 1]
+        record = self._channels.get(channel)
+        if (htype != 2 or hchannel != channel or record is None or record.state is not _OPEN
+                or record.method is not None or self.state is not _CONN_OPEN
+                or hend - hstart < 14):
+            return 0
+        class_id, _weight, body_size, flags = _CONTENT_FLAGS.unpack_from(buf, hstart)
+        if class_id != 60 or body_size > self._max_body:
+            return 0
+        taken = 2
+        body = b""
+        if body_size:
+            if i + 2 >= count:
+                return 0
+            btype, bchannel, bstart, bend = spans[i + 2]
+            if btype != 3 or bchannel != channel or bend - bstart != body_size:
+                return 0
+            body = buf[bstart:bend]
+            taken = 3
         try:
-            class_id, method_id = _IDS.unpack_from(payload, 0)
+            method = decode_deliver(buf, start, end)
+            if flags:
+                props, stop = decode_properties(buf, hstart + 12)
+                if stop > hend:
+                    return 0
+            else:
+                props = new_properties()
+        except (struct.error, IndexError, UnicodeDecodeError, InvalidFieldError):
+            return 0
+        events.append(ev.ContentReceived(channel, method, props, body))
+        return taken
+
+    def _on_method_frame(self, channel: int, buf: bytes, start: int, end: int,
+                         events: list[ev.Event]) -> None:
+        try:
+            if end - start < 4:
+                raise IndexError("method frame shorter than its ids")
+            class_id, method_id = _IDS.unpack_from(buf, start)
             index = (class_id << 16) | method_id
             if index == _DELIVER:
-                method: Method = decode_deliver(payload)
+                method: Method = decode_deliver(buf, start, end)
             else:
                 cls = METHODS.get(index)
                 if cls is None:
@@ -299,7 +362,9 @@ class AMQPConnection:
                                         f"{channel}")
                 if cls.SENDER is not SERVER and cls.SENDER != "both":
                     raise CommandInvalid(f"{cls.NAME} may only be sent by a client")
-                method, _ = cls.decode(payload, 4)
+                method, stop = cls.decode(buf, start + 4)
+                if stop > end:
+                    raise InvalidFieldError(f"{cls.NAME} arguments overrun their frame")
         except (struct.error, IndexError, UnicodeDecodeError) as exc:
             raise InvalidFieldError(f"malformed method arguments on channel {channel}: "
                                     f"{type(exc).__name__}") from None
@@ -322,30 +387,32 @@ class AMQPConnection:
                                  f"{self.channel_max}")
         raise UnknownChannel(f"frame for channel {channel}, which is not open")
 
-    def _on_header_frame(self, channel: int, payload: bytes, events: list[ev.Event]) -> None:
+    def _on_header_frame(self, channel: int, buf: bytes, start: int, end: int,
+                         events: list[ev.Event]) -> None:
         record = self._record_for(channel)
         if record is None or self.state is ConnState.CLOSING:
             return
         if record.method is None or record.properties is not None:
             raise UnexpectedFrame(f"content header on channel {channel} without a content method")
-        try:
-            class_id, _weight, body_size = _CONTENT.unpack_from(payload, 0)
-        except struct.error:
-            raise InvalidFieldError(f"content header on channel {channel} truncated") from None
+        if end - start < 14:
+            raise InvalidFieldError(f"content header on channel {channel} truncated")
+        class_id, _weight, body_size = _CONTENT.unpack_from(buf, start)
         if class_id != 60:
             raise UnexpectedFrame(f"content header for class {class_id}, not basic (60)")
         if body_size > self.settings.max_message_size or body_size > _MAX_BODY_SIZE:
             raise ContentTooLarge(
                 f"message of {body_size} bytes on channel {channel} exceeds "
                 f"max_message_size {self.settings.max_message_size}")
-        if payload[12:14] == b"\x00\x00":
-            props = BasicProperties()
+        if buf[start + 12] == 0 and buf[start + 13] == 0:
+            props = new_properties()
         else:
             try:
-                props, _ = decode_properties(payload, 12)
+                props, stop = decode_properties(buf, start + 12)
             except (struct.error, IndexError, UnicodeDecodeError) as exc:
                 raise InvalidFieldError(f"malformed properties on channel {channel}: "
                                         f"{type(exc).__name__}") from None
+            if stop > end:
+                raise InvalidFieldError(f"properties on channel {channel} overrun their frame")
         record.properties = props
         record.body_size = body_size
         if body_size == 0:

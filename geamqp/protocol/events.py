@@ -93,9 +93,13 @@ class MethodReceived(Event):
     method: Method
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContentReceived(Event):
-    """A whole message: basic.deliver, basic.return or basic.get-ok with its content."""
+    """A whole message: basic.deliver, basic.return or basic.get-ok with its content.
+
+    The one event made per message, so it is not frozen (a frozen dataclass pays an
+    `object.__setattr__` per field); treat it as read-only all the same.
+    """
 
     channel: int
     method: Method

@@ -58,6 +58,7 @@ _END = b"\xce"
 _KNOWN_TYPES = frozenset((FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT))
 
 Frame = tuple[int, int, bytes]  # (type, channel, payload)
+Span = tuple[int, int, int, int]  # (type, channel, payload start, payload end) in a buffer
 
 
 class FrameReader:
@@ -67,10 +68,10 @@ class FrameReader:
     included); the connection lowers it after tune.
     """
 
-    __slots__ = ("_buf", "error", "max_frame_size")
+    __slots__ = ("_rest", "error", "max_frame_size")
 
     def __init__(self, max_frame_size: int) -> None:
-        self._buf = bytearray()
+        self._rest = b""  # the start of a frame not complete yet
         self.max_frame_size = max_frame_size
         # Set when the stream broke: the frames before the fault are still
         # returned, and the caller raises this after handling them.
@@ -79,19 +80,20 @@ class FrameReader:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
-        return len(self._buf)
+        return len(self._rest)
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Append `data`; return every frame now complete, in order.
+    def feed_spans(self, data: bytes) -> tuple[bytes, list[Span]]:
+        """Append `data`; return a buffer and the span of every frame now complete in it.
 
-        On a malformed frame, `error` is set, the frames before it are returned,
-        and everything after it is discarded (now and on later calls).
+        Payloads are not copied: a span says where its payload lies in the
+        buffer. On a malformed frame, `error` is set, the spans before it are
+        returned, and everything after it is discarded (now and on later calls).
         """
         if self.error is not None:
-            return []
-        buf = self._buf
-        buf += data
-        frames: list[Frame] = []
+            return b"", []
+        buf = self._rest + data if self._rest else bytes(data)
+        spans: list[Span] = []
+        append = spans.append
         pos = 0
         avail = len(buf)
         unpack = _HEADER.unpack_from
@@ -114,15 +116,20 @@ class FrameReader:
                         f"frame-end is {buf[end]:#04x}, not 0xce (type {ftype}, "
                         f"channel {channel}, size {size})"
                     )
-                frames.append((ftype, channel, bytes(buf[pos + 7 : end])))
+                append((ftype, channel, pos + 7, end))
                 pos = end + 1
         except FrameError as exc:
             self.error = exc
-            buf.clear()
-            return frames
-        if pos:
-            del buf[:pos]
-        return frames
+            self._rest = b""
+            return buf, spans
+        self._rest = buf[pos:] if pos < avail else b""
+        return buf, spans
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Append `data`; return every frame now complete, in order, payloads copied out."""
+        buf, spans = self.feed_spans(data)
+        return [(ftype, channel, buf[start:end]) for ftype, channel, start, end in spans]
+
 
 # --------------------------------------------------------------------------- encoding
 
@@ -218,17 +225,20 @@ def encode_ack(channel: int, delivery_tag: int, multiple: bool = False) -> bytes
 _DELIVER_TAG = struct.Struct(">QB")
 
 
-def decode_deliver(payload: bytes) -> Basic.Deliver:
-    """basic.deliver's arguments (hot path); `payload` starts with the class id."""
-    end = 5 + payload[4]
-    consumer_tag = payload[5:end].decode("utf-8", "surrogateescape")
-    delivery_tag, bits = _DELIVER_TAG.unpack_from(payload, end)
-    pos = end + 10
-    end = pos + payload[pos - 1]
-    exchange = payload[pos:end].decode("utf-8", "surrogateescape")
-    pos = end + 1
-    end = pos + payload[end]
-    if end > len(payload):
+def decode_deliver(buf: bytes, start: int = 0, end: int | None = None) -> Basic.Deliver:
+    """basic.deliver's arguments (hot path) from the method payload at buf[start:end],
+    which begins with the class id. Raises IndexError when they overrun the payload."""
+    if end is None:
+        end = len(buf)
+    stop = start + 5 + buf[start + 4]
+    consumer_tag = str(buf[start + 5 : stop], "utf-8", "surrogateescape")
+    delivery_tag, bits = _DELIVER_TAG.unpack_from(buf, stop)
+    pos = stop + 10
+    stop = pos + buf[pos - 1]
+    exchange = str(buf[pos:stop], "utf-8", "surrogateescape")
+    pos = stop + 1
+    stop = pos + buf[stop]
+    if stop > end:
         raise IndexError("basic.deliver truncated")
-    routing_key = payload[pos:end].decode("utf-8", "surrogateescape")
+    routing_key = str(buf[pos:stop], "utf-8", "surrogateescape")
     return Basic.Deliver(consumer_tag, delivery_tag, bits & 1 == 1, exchange, routing_key)

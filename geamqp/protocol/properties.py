@@ -21,7 +21,7 @@ from typing import Any
 from ..exceptions import InvalidFieldError
 from .fields import decode_table_at, encode_table_into
 
-__all__ = ["BasicProperties", "decode_properties", "encode_properties"]
+__all__ = ["BasicProperties", "decode_properties", "encode_properties", "new_properties"]
 
 # (name, domain) in flag order: the first has flag 0x8000.
 PROPERTIES: tuple[tuple[str, str], ...] = (
@@ -49,24 +49,26 @@ _MAX_DECODERS = 256
 
 
 class BasicProperties:
-    """Message properties; every one is optional and defaults to None."""
+    """Message properties; every one is optional and defaults to None.
 
-    __slots__ = _NAMES
+    Not slotted on purpose: unset properties are the class's None defaults,
+    so a received message pays only for the properties it carries.
+    """
 
-    content_type: str | None
-    content_encoding: str | None
-    headers: dict[str, Any] | None
-    delivery_mode: int | None
-    priority: int | None
-    correlation_id: str | None
-    reply_to: str | None
-    expiration: str | None
-    message_id: str | None
-    timestamp: int | None
-    type: str | None
-    user_id: str | None
-    app_id: str | None
-    cluster_id: str | None
+    content_type: str | None = None
+    content_encoding: str | None = None
+    headers: dict[str, Any] | None = None
+    delivery_mode: int | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    expiration: str | None = None
+    message_id: str | None = None
+    timestamp: int | None = None
+    type: str | None = None
+    user_id: str | None = None
+    app_id: str | None = None
+    cluster_id: str | None = None
 
     def __init__(
         self,
@@ -116,6 +118,7 @@ class BasicProperties:
 
 _NAMESPACE: dict[str, Any] = {
     "BasicProperties": BasicProperties,
+    "new": object.__new__,
     "InvalidFieldError": InvalidFieldError,
     "decode_table_at": decode_table_at,
     "encode_table_into": encode_table_into,
@@ -180,10 +183,11 @@ def _decoder_source(flags: int) -> list[str]:
             lines += [f"    {name}, = Q.unpack_from(buf, pos)", "    pos += 8"]
         else:
             lines.append(f"    {name}, pos = decode_table_at(buf, pos)")
-    args = ", ".join(name if flags & flag else "None" for name, _, flag in _FLAGS)
     lines += ["    if pos > len(buf):",
               "        raise InvalidFieldError('content header properties truncated')",
-              f"    return BasicProperties({args}), pos"]
+              "    props = new(BasicProperties)"]
+    lines += [f"    props.{name} = {name}" for name, _, flag in _FLAGS if flags & flag]
+    lines.append("    return props, pos")
     return lines
 
 
@@ -203,8 +207,13 @@ def _decoder_for(flags: int) -> _Decoder:
     return decoder
 
 
+def new_properties() -> BasicProperties:
+    """Empty properties, without running __init__ (every message without properties)."""
+    return object.__new__(BasicProperties)
+
+
 def _decode_generic(flags: int, buf: bytes, pos: int) -> tuple[BasicProperties, int]:
-    props = BasicProperties()
+    props = new_properties()
     for name, domain, flag in _FLAGS:
         if not flags & flag:
             continue
