@@ -85,11 +85,6 @@ class HubBridge:
     def in_hub_thread(self) -> bool:
         return os_thread_ident() == self.thread_ident
 
-    def check_thread(self) -> None:
-        if os_thread_ident() != self.thread_ident:
-            raise AMQPError("this connection belongs to another OS thread; hand work to it "
-                            "with connection.add_callback_threadsafe()")
-
     def add_callback_threadsafe(self, callback: Callable[[], Any]) -> None:
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")

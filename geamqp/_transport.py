@@ -141,17 +141,37 @@ class Transport:
         self.kick()
         return bool(self._flushed.wait(timeout)) and self._error is None
 
+    def _send_all(self, data: bytes) -> None:
+        """sock.send until all of `data` is out. (gevent's sendall() asks the kernel
+        for the socket's buffer size on every call; one send() usually suffices.)
+        While the broker has blocked the connection (resource alarm) a slow write is
+        expected, not a stall: keep waiting."""
+        send = self._sock.send
+        total = len(data)
+        view = None
+        sent = 0
+        while sent < total:
+            try:
+                if view is None:
+                    sent = send(data)
+                    view = memoryview(data)
+                else:
+                    sent += send(view[sent:])
+            except TimeoutError:
+                if not self._engine.blocked:
+                    raise
+
     def _write_loop(self) -> None:
         wake = self._wake
         engine = self._engine
-        sendall = self._sock.sendall
+        send_all = self._send_all
         try:
             while True:
                 wake.wait()
                 wake.clear()
                 data = engine.data_to_send()
                 if data:
-                    sendall(data)
+                    send_all(data)
                 self._flushed.set()
                 if self._closing and not engine._out:
                     self._shut_socket()

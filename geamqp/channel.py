@@ -138,7 +138,6 @@ class Channel(ChannelRecovery):
         return self._rpc_unchecked(method, replies or method.RESPONSES)
 
     def _rpc_unchecked(self, method: Method, replies: tuple[type[Method], ...]) -> Any:
-        self.connection._check_thread()
         waiter = AsyncResult()
         self._waiters.append((replies, waiter))
         try:
@@ -281,7 +280,6 @@ class Channel(ChannelRecovery):
 
     def close(self, reply_code: int = 200, reply_text: str = "Normal shutdown") -> None:
         """Close the channel; blocks until the broker confirms (close-ok)."""
-        self.connection._check_thread()
         if self._state in (_CLOSED, _CLOSING):
             if self._state == _CLOSING:
                 self._wait_closed()
@@ -389,7 +387,6 @@ class Channel(ChannelRecovery):
         `Confirmation` future at once.
         """
         conn = self.connection
-        conn._check_thread()
         if self._state != _OPEN:
             self._check_open()
         if isinstance(body, str):
@@ -441,7 +438,6 @@ class Channel(ChannelRecovery):
         return True
 
     def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
-        self.connection._check_thread()
         if self._state != _OPEN:
             self._check_open()
         if self._tag_offset:

@@ -226,9 +226,6 @@ class Connection:
     def _kick(self) -> None:
         self._transport.kick()
 
-    def _check_thread(self) -> None:
-        self._bridge.check_thread()
-
     def add_on_close_callback(self, callback: Callable[[Connection, AMQPError], Any]) -> None:
         """`callback(connection, exception)` once the connection has closed, for any reason."""
         self._close_callbacks.append(callback)
@@ -266,7 +263,6 @@ class Connection:
 
     def channel(self, channel_number: int | None = None) -> Channel:
         """Open a channel (the lowest free number unless given); blocks until open-ok."""
-        self._check_thread()
         if self._supervisor is not None and self._supervisor.recovering:
             self._wait_recovered()
         if not self.is_open:
@@ -483,7 +479,6 @@ class Connection:
     def close(self, reply_code: int = 200, reply_text: str = "Normal shutdown") -> None:
         """Close the connection and every channel on it. Safe to call more than once,
         from any number of greenlets; blocks until the broker confirms or 5 s pass."""
-        self._check_thread()
         if self._closed.is_set():
             return
         self._app_closing = True
@@ -505,7 +500,6 @@ class Connection:
 
     def update_secret(self, new_secret: str | bytes, reason: str) -> None:
         """Replace the connection's credential secret (e.g. a refreshed OAuth 2 token)."""
-        self._check_thread()
         if not self.is_open:
             raise self._error or ConnectionWrongStateError("connection is not open")
         secret = new_secret.encode("utf-8") if isinstance(new_secret, str) else new_secret

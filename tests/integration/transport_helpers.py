@@ -38,7 +38,8 @@ _IDS = struct.Struct(">HH")
 
 
 class SpySocket:
-    """Delegates to a real (gevent) socket; records every ``sendall`` payload."""
+    """Delegates to a real (gevent) socket; records every ``send`` / ``sendall`` payload
+    (what reached the kernel, for ``send``)."""
 
     def __init__(self, sock: Any, on_send: Callable[[bytes], None] | None = None) -> None:
         self._sock = sock
@@ -46,12 +47,20 @@ class SpySocket:
         self._on_send = on_send
         self.sent = Event()  # set on every sendall; clear it to wait for the next
 
-    def sendall(self, data: bytes) -> None:
-        self.sends.append(bytes(data))
+    def _record(self, data: bytes) -> None:
+        self.sends.append(data)
         if self._on_send is not None:
-            self._on_send(bytes(data))
+            self._on_send(data)
         self.sent.set()
+
+    def sendall(self, data: bytes) -> None:
+        self._record(bytes(data))
         self._sock.sendall(data)
+
+    def send(self, data: bytes) -> int:
+        sent: int = self._sock.send(data)
+        self._record(bytes(data[:sent]))
+        return sent
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
