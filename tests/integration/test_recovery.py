@@ -621,3 +621,64 @@ def test_unconfirmed_publishes_are_republished_when_asked(broker, proxy, unique_
             assert bodies == {b"u%d" % i for i in range(50)}  # duplicates allowed, no loss
         finally:
             conn.close()
+
+
+# ---------------------------------------------------------------- a loss during the restore
+
+
+@pytest.mark.parametrize("fraction", [0.15, 0.4, 0.6, 0.8, 0.95])
+def test_a_loss_in_the_middle_of_the_restore_is_recovered_again(proxy, unique_name, fraction):
+    """A first recovery measures how many bytes the broker sends during a restore;
+    in the second, the link is cut after `fraction` of them (the handshake, the
+    channel reopen, the replay, the consumers). The supervisor starts over."""
+    exchange = unique_name
+    conn = connect(proxy.url())
+    watch = Watch(conn)
+    try:
+        chs = [conn.channel() for _ in range(3)]
+        chs[0].basic_qos(prefetch_count=5)
+        chs[1].confirm_delivery()
+        chs[0].exchange_declare(exchange, "fanout", auto_delete=True)
+        queue = chs[0].queue_declare("", exclusive=True).queue
+        chs[0].queue_bind(queue, exchange)
+        got: list[Any] = []
+        arrived = Event()
+        chs[2].basic_consume(queue, collect(got, 1, arrived), auto_ack=True)
+        before = proxy.bytes_to_client
+        proxy.reset_all()
+        watch.wait_recovered()
+        restore_bytes = proxy.bytes_to_client - before
+        proxy.reset_all()
+        watch.wait_lost(2)
+        fired = proxy.reset_after(int(restore_bytes * fraction), "to_client")
+        watch.wait_recovered(2, timeout=15)
+        assert fired.wait(0), "the cut did not land inside the restore"
+        assert len(watch.lost) == 2  # one report per outage, however many attempts
+        for ch in chs:
+            roundtrip(ch)
+        chs[1].basic_publish(exchange, "", b"through the last rename")
+        assert arrived.wait(5)
+        assert len(conn._topology.queues) == 1 and len(watch.renamed) >= 2
+    finally:
+        proxy.cancel_reset()
+        conn.close()
+
+
+def test_a_consume_generator_keeps_yielding_after_a_recovery(proxy):
+    conn = connect(proxy.url())
+    watch = Watch(conn)
+    try:
+        ch = conn.channel()
+        queue = ch.queue_declare("", exclusive=True).queue
+        ch.basic_publish("", queue, b"before")
+        messages = ch.consume(queue, auto_ack=True, inactivity_timeout=5)
+        assert next(messages)[2] == b"before"
+        proxy.reset_all()
+        watch.wait_recovered()
+        queue = next(iter(conn._topology.queues))
+        ch.basic_publish("", queue, b"after")
+        assert next(messages)[2] == b"after"
+        messages.close()
+        assert ch.consumer_tags == []
+    finally:
+        conn.close()
