@@ -73,8 +73,7 @@ class HubBridge:
         self._async = self._hub.loop.async_()
         self._async.start(self._on_async)
         self._async.ref = False
-        self._runner = gevent.spawn(self._run)
-        self._runner.name = "geamqp-hub-callbacks"
+        self._runner: gevent.Greenlet | None = None  # started by the first callback
 
     def check_fork(self) -> None:
         if self.fork_generation != _fork_generation[0]:
@@ -101,7 +100,7 @@ class HubBridge:
                 return
             raise self._refusal()
         if os_thread_ident() == self.thread_ident:
-            self._wake.set()
+            self._wake_runner()
         else:
             self._async.send()
 
@@ -132,8 +131,16 @@ class HubBridge:
         return outcome[0]
 
     def _on_async(self) -> None:
-        # In the hub, inside the loop's callback: only wake the runner.
-        self._wake.set()
+        # In the hub, inside the loop's callback: only wake (or start) the runner.
+        self._wake_runner()
+
+    def _wake_runner(self) -> None:
+        if self._runner is None:
+            # Most connections never see a thread: no parked greenlet until one does.
+            self._runner = gevent.spawn(self._run)
+            self._runner.name = "geamqp-hub-callbacks"
+        else:
+            self._wake.set()
 
     def _run(self) -> None:
         while True:
@@ -164,7 +171,7 @@ class HubBridge:
         """Refuse new callbacks; those already accepted still run, then the runner ends."""
         if self._closed is None:
             self._closed = error
-            self._wake.set()
+            self._wake_runner()
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

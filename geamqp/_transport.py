@@ -6,8 +6,9 @@
 - The *writer* coalesces: any greenlet appends whole frames to the engine and
   calls `kick()`; the writer wakes once, takes everything queued in that hub
   turn with `data_to_send()` and writes it with one `sendall`.
-- The *heartbeat* greenlet calls `engine.tick(now)` eight times per interval, so a heartbeat
-  goes out at most 5/8 of an interval after the last frame sent.
+- The *heartbeat* greenlet calls `engine.tick(now)` four times per interval, so a
+  heartbeat goes out at most 3/4 of an interval after the last frame sent (the
+  broker allows two intervals), and an idle connection wakes twice per interval.
 
 A send that makes no progress for `write_timeout` seconds means the link is
 dead (write stall). OS errors become `StreamLostError` here, at the boundary,
@@ -240,7 +241,7 @@ class Transport:
 
     def start_heartbeat(self, interval: int) -> None:
         if interval and self._heartbeat is None:
-            self._heartbeat = gevent.spawn(self._heartbeat_loop, interval / 8.0)
+            self._heartbeat = gevent.spawn(self._heartbeat_loop, interval / 4.0)
 
     def _heartbeat_loop(self, period: float) -> None:
         engine = self._engine
@@ -248,7 +249,8 @@ class Transport:
             events = engine.tick(time.monotonic())
             if events:
                 self._on_events(events)
-            self.kick()
+            if engine._out:  # a heartbeat was queued: wake the writer only then
+                self.kick()
             gevent.sleep(period)
 
     # ------------------------------------------------------------------ closing

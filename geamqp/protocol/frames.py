@@ -186,6 +186,21 @@ def encode_content(
 _PUBLISH_HEAD = struct.Struct(">BHIHHH")  # frame header, class 60, method 40, ticket 0
 _EMPTY_PROPS = b"\x00\x00"
 _PUBLISH_BITS = (b"\x00", b"\x01", b"\x02", b"\x03")
+_END_BODY_HEAD = struct.Struct(">BBHI")  # header frame's end + body frame header
+# Publishers send to a handful of (channel, exchange, routing key) combinations:
+# their method frames are built once. Bounded, so odd traffic cannot grow it.
+_METHOD_FRAMES: dict[tuple[int, str, str, int], bytes] = {}
+_METHOD_FRAMES_MAX = 4096
+
+
+def _publish_method_frame(channel: int, exchange: str, routing_key: str, bits: int) -> bytes:
+    ex = pack_shortstr(exchange, "exchange")
+    rk = pack_shortstr(routing_key, "routing_key")
+    frame = b"".join((_PUBLISH_HEAD.pack(FRAME_METHOD, channel, 7 + len(ex) + len(rk), 60, 40,
+                                         0), ex, rk, _PUBLISH_BITS[bits], _END))
+    if len(_METHOD_FRAMES) < _METHOD_FRAMES_MAX:
+        _METHOD_FRAMES[(channel, exchange, routing_key, bits)] = frame
+    return frame
 
 
 def encode_publish(
@@ -199,17 +214,22 @@ def encode_publish(
     immediate: bool = False,
 ) -> bytes:
     """basic.publish with its content, every frame in one bytes object (hot path)."""
-    ex = pack_shortstr(exchange, "exchange")
-    rk = pack_shortstr(routing_key, "routing_key")
-    bits = _PUBLISH_BITS[(2 if immediate else 0) | (1 if mandatory else 0)]
-    out = [
-        _PUBLISH_HEAD.pack(FRAME_METHOD, channel, 7 + len(ex) + len(rk), 60, 40, 0),
-        ex,
-        rk,
-        bits,
-        _END,
-    ]
+    bits = (2 if immediate else 0) | (1 if mandatory else 0)
+    method = _METHOD_FRAMES.get((channel, exchange, routing_key, bits))
+    if method is None:
+        method = _publish_method_frame(channel, exchange, routing_key, bits)
     props = _EMPTY_PROPS if properties is None else encode_properties(properties)
+    body_size = len(body)
+    if 0 < body_size <= frame_max - FRAME_OVERHEAD:  # the common case: one body frame
+        return b"".join((
+            method,
+            _CONTENT_HEAD.pack(FRAME_HEADER, channel, 12 + len(props), 60, 0, body_size),
+            props,
+            _END_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel, body_size),
+            body,
+            _END,
+        ))
+    out = [method]
     _content_frames(channel, 60, props, body, frame_max, out)
     return b"".join(out)
 

@@ -478,8 +478,9 @@ def test_ending_a_connection_leaves_no_geamqp_greenlets(
     try:
         channel = _consuming_channel(conn, unique_name, concurrency, blocked)
         dispatcher = channel._dispatcher._greenlet
-        # reader, writer, heartbeat, hub callbacks, the dispatcher
-        assert len(_connection_greenlets(conn, [channel])) >= 5
+        # reader, writer, heartbeat, the dispatcher (the hub-callback runner starts
+        # only when a thread first hands the connection work)
+        assert len(_connection_greenlets(conn, [channel])) >= 4
 
         if ending == "client-close":
             conn.close()
