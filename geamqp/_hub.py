@@ -177,13 +177,14 @@ class HubBridge:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def threadsafe(method: _F, bridge_of: Callable[[Any], HubBridge]) -> _F:
-    """Marshal calls from foreign OS threads into the hub thread (see module docs)."""
+def threadsafe(method: _F) -> _F:
+    """Marshal calls from foreign OS threads into the hub thread (see module docs).
+    The wrapped method's object keeps its connection's HubBridge as `_bridge`."""
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
         def generator_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            bridge = bridge_of(self)
+            bridge: HubBridge = self._bridge
             bridge.check_fork()
             if bridge.in_hub_thread():
                 return method(self, *args, **kwargs)
@@ -193,7 +194,7 @@ def threadsafe(method: _F, bridge_of: Callable[[Any], HubBridge]) -> _F:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        bridge = bridge_of(self)
+        bridge: HubBridge = self._bridge
         if bridge.fork_generation != _fork_generation[0]:
             bridge.check_fork()
         if os_thread_ident() == bridge.thread_ident:
@@ -218,10 +219,9 @@ def _marshalled_iter(bridge: HubBridge, generator: Iterator[Any]) -> Iterator[An
             bridge.call(close)
 
 
-def make_threadsafe(cls: type, bridge_of: Callable[[Any], HubBridge],
-                    skip: tuple[str, ...] = ()) -> None:
+def make_threadsafe(cls: type, skip: tuple[str, ...] = ()) -> None:
     """Wrap every public method of `cls` with `threadsafe` (properties stay as they are)."""
     for name, value in list(vars(cls).items()):
         if name.startswith("_") or name in skip or not inspect.isfunction(value):
             continue
-        setattr(cls, name, threadsafe(value, bridge_of))
+        setattr(cls, name, threadsafe(value))

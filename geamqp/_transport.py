@@ -107,6 +107,9 @@ class Transport:
         self._on_events = on_events
         self._on_lost = on_lost
         self._wake = Event()
+        self._sending = False  # a send is in progress (writer or write_now): others wait
+        self._sent_directly = False  # write_now() was used in this hub turn
+        self._run_callback = gevent.get_hub().loop.run_callback
         self._flushed = Event()
         self._closing = False
         self._lost = False
@@ -162,6 +165,39 @@ class Transport:
                 if not self._engine.blocked:
                     raise
 
+    def write_now(self) -> None:
+        """The latency path: the first write of a hub turn is sent from the calling
+        greenlet instead of waiting a turn for the writer; later writes of the same
+        turn go to the writer, which coalesces them into one send. A lone request
+        or publish thus costs no hub turn, and a burst still costs one syscall."""
+        if self._sent_directly or self._sending or self._closing:
+            self.kick()
+            return
+        self._sent_directly = True
+        self._run_callback(self._new_turn)
+        data = self._engine.data_to_send()
+        if not data:
+            return
+        self._sending = True
+        try:
+            self._send_all(data)
+        except OSError as exc:  # TimeoutError included
+            self._write_failed(exc)
+            return
+        finally:
+            self._sending = False
+        if self._engine._out:  # queued by others while we were sending
+            self.kick()
+
+    def _new_turn(self) -> None:
+        self._sent_directly = False
+
+    def _write_failed(self, exc: OSError) -> None:
+        if isinstance(exc, TimeoutError):
+            self._fail(StreamLostError(f"write stalled for {self._write_timeout:.1f} s"))
+        else:
+            self._fail(StreamLostError(f"write failed: {_describe(exc)}"))
+
     def _write_loop(self) -> None:
         wake = self._wake
         engine = self._engine
@@ -170,17 +206,21 @@ class Transport:
             while True:
                 wake.wait()
                 wake.clear()
+                if self._sending:
+                    continue  # write_now() is mid-send; it kicks us when it is done
                 data = engine.data_to_send()
                 if data:
-                    send_all(data)
+                    self._sending = True
+                    try:
+                        send_all(data)
+                    finally:
+                        self._sending = False
                 self._flushed.set()
                 if self._closing and not engine._out:
                     self._shut_socket()
                     return
-        except TimeoutError:
-            self._fail(StreamLostError(f"write stalled for {self._write_timeout:.1f} s"))
         except OSError as exc:
-            self._fail(StreamLostError(f"write failed: {_describe(exc)}"))
+            self._write_failed(exc)
 
     # ------------------------------------------------------------------ reading
 

@@ -63,6 +63,7 @@ class Channel(ChannelRecovery):
     def __init__(self, connection: Connection, number: int) -> None:
         self.connection = connection
         self.channel_number = number
+        self._bridge = connection._bridge  # for the thread-safety wrapper of every method
         self._state = _OPENING
         self._error: AMQPError | None = None
         self._waiters: deque[tuple[tuple[type[Method], ...], AsyncResult]] = deque()
@@ -141,7 +142,9 @@ class Channel(ChannelRecovery):
         waiter = AsyncResult()
         self._waiters.append((replies, waiter))
         try:
-            self._send(method)
+            conn = self.connection
+            conn._engine.send_method(self.channel_number, method)
+            conn._transport.write_now()
         except BaseException:
             self._waiters.remove((replies, waiter))
             raise
@@ -403,8 +406,9 @@ class Channel(ChannelRecovery):
             confirmation = Confirmation(seqno, exchange, routing_key, body, properties,
                                         mandatory)
             self._confirms[seqno] = confirmation
-        conn._transport.throttle()
-        conn._kick()
+        transport = conn._transport
+        transport.throttle()
+        transport.write_now()
         if confirmation is None:
             return None
         if wait:
@@ -573,4 +577,4 @@ class Channel(ChannelRecovery):
 
 
 
-make_threadsafe(Channel, lambda channel: channel.connection._bridge)
+make_threadsafe(Channel)

@@ -528,4 +528,4 @@ class Connection:
         gevent.sleep(time_limit)
 
 
-make_threadsafe(Connection, lambda conn: conn._bridge, skip=("add_callback_threadsafe",))
+make_threadsafe(Connection, skip=("add_callback_threadsafe",))
