@@ -57,6 +57,7 @@ from .frames import (
     FrameReader,
     Span,
     decode_deliver,
+    deliver_at,
     encode_ack,
     encode_content,
     encode_method,
@@ -90,6 +91,9 @@ _IDS = struct.Struct(">HH")
 _CONTENT = struct.Struct(">HHQ")
 _CONTENT_FLAGS = struct.Struct(">HHQH")
 _OPEN = ChanState.OPEN
+_DELIVER_IDS = b"\x00\x3c\x00\x3c"  # class 60, method 60
+_new = object.__new__
+_ContentReceived = ev.ContentReceived
 _CONN_OPEN = ConnState.OPEN
 _DELIVER = Basic.Deliver.INDEX
 _ACCESS_REFUSED = 403
@@ -221,10 +225,10 @@ class AMQPConnection:
                 ftype, channel, start, end = spans[i]
                 i += 1
                 if ftype == FRAME_METHOD:
-                    if (end - start > 4 and buf[start + 3] == 60 and buf[start + 1] == 60
-                            and buf[start] == 0 and buf[start + 2] == 0):
+                    if buf[start:start + 4] == _DELIVER_IDS:
                         # basic.deliver: in one step when its content is whole here
-                        taken = self._fused_deliver(buf, spans, i - 1, count, events)
+                        taken = self._fused_deliver(buf, spans, i, channel, start, end,
+                                                    events)
                         if taken:
                             i += taken - 1
                             continue
@@ -303,18 +307,19 @@ class AMQPConnection:
 
     # ------------------------------------------------------------------ frames
 
-    def _fused_deliver(self, buf: bytes, spans: list[Span], i: int, count: int,
-                       events: list[ev.Event]) -> int:
+    def _fused_deliver(self, buf: bytes, spans: list[Span], i: int, channel: int,
+                       start: int, end: int, events: list[ev.Event]) -> int:
         """basic.deliver, its header and its single body frame, decoded in one step.
 
-        The hot path of every consumer. Returns how many frames it consumed, or
-        0 when the content is not whole in this chunk or anything is unusual —
-        then the frame-by-frame path handles it (and raises what is wrong).
+        The hot path of every consumer: the method frame is spans[i - 1], at
+        buf[start:end]. Returns how many frames it consumed, or 0 when the content
+        is not whole in this chunk or anything is unusual — then the
+        frame-by-frame path handles it (and raises what is wrong).
         """
-        if i + 1 >= count:
+        count = len(spans)
+        if i >= count:
             return 0
-        _, channel, start, end = spans[i]
-        htype, hchannel, hstart, hend = spans[i + 1]
+        htype, hchannel, hstart, hend = spans[i]
         record = self._channels.get(channel)
         if (htype != 2 or hchannel != channel or record is None or record.state is not _OPEN
                 or record.method is not None or self.state is not _CONN_OPEN
@@ -326,24 +331,24 @@ class AMQPConnection:
         taken = 2
         body = b""
         if body_size:
-            if i + 2 >= count:
+            if i + 1 >= count:
                 return 0
-            btype, bchannel, bstart, bend = spans[i + 2]
+            btype, bchannel, bstart, bend = spans[i + 1]
             if btype != 3 or bchannel != channel or bend - bstart != body_size:
                 return 0
             body = buf[bstart:bend]
             taken = 3
         try:
-            method = decode_deliver(buf, start, end)
+            method = deliver_at(buf, start, end)
             if flags:
                 props, stop = decode_properties(buf, hstart + 12)
                 if stop > hend:
                     return 0
             else:
-                props = new_properties()
+                props = _new(BasicProperties)
         except (struct.error, IndexError, UnicodeDecodeError, InvalidFieldError):
             return 0
-        events.append(ev.ContentReceived(channel, method, props, body))
+        events.append(_ContentReceived(channel, method, props, body))
         return taken
 
     def _on_method_frame(self, channel: int, buf: bytes, start: int, end: int,

@@ -35,6 +35,7 @@ __all__ = [
     "PROTOCOL_HEADER",
     "FrameReader",
     "decode_deliver",
+    "deliver_at",
     "encode_ack",
     "encode_content",
     "encode_method",
@@ -98,10 +99,11 @@ class FrameReader:
         avail = len(buf)
         unpack = _HEADER.unpack_from
         limit = self.max_frame_size - FRAME_OVERHEAD
+        known = _KNOWN_TYPES
         try:
             while avail - pos >= 7:
                 ftype, channel, size = unpack(buf, pos)
-                if ftype not in _KNOWN_TYPES:
+                if ftype not in known:
                     raise UnknownFrameType(f"unknown frame type {ftype} on channel {channel}")
                 if size > limit:
                     raise FrameTooLarge(
@@ -111,7 +113,7 @@ class FrameReader:
                 end = pos + 7 + size
                 if end >= avail:
                     break
-                if buf[end] != FRAME_END:
+                if buf[end] != 0xCE:  # FRAME_END
                     raise BadFrameEnd(
                         f"frame-end is {buf[end]:#04x}, not 0xce (type {ftype}, "
                         f"channel {channel}, size {size})"
@@ -245,20 +247,50 @@ def encode_ack(channel: int, delivery_tag: int, multiple: bool = False) -> bytes
 _DELIVER_TAG = struct.Struct(">QB")
 
 
+# Consumer tags, exchanges and routing keys repeat from one delivery to the next:
+# their decoded strings are kept (bounded: cleared when full, so a peer sending
+# ever-new names costs a re-decode, never unbounded memory).
+_NAMES: dict[bytes, str] = {}
+_NAMES_MAX = 4096
+
+
+def _name(raw: bytes) -> str:
+    text = _NAMES.get(raw)
+    if text is None:
+        text = str(raw, "utf-8", "surrogateescape")
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[raw] = text
+    return text
+
+
 def decode_deliver(buf: bytes, start: int = 0, end: int | None = None) -> Basic.Deliver:
     """basic.deliver's arguments (hot path) from the method payload at buf[start:end],
     which begins with the class id. Raises IndexError when they overrun the payload."""
-    if end is None:
-        end = len(buf)
+    return deliver_at(buf, start, len(buf) if end is None else end)
+
+
+def deliver_at(buf: bytes, start: int, end: int) -> Basic.Deliver:
+    """`decode_deliver` with every offset given (the receive loop's call)."""
+    names = _NAMES
     stop = start + 5 + buf[start + 4]
-    consumer_tag = str(buf[start + 5 : stop], "utf-8", "surrogateescape")
+    raw = buf[start + 5 : stop]
+    consumer_tag = names.get(raw)
+    if consumer_tag is None:
+        consumer_tag = _name(raw)
     delivery_tag, bits = _DELIVER_TAG.unpack_from(buf, stop)
     pos = stop + 10
     stop = pos + buf[pos - 1]
-    exchange = str(buf[pos:stop], "utf-8", "surrogateescape")
+    raw = buf[pos:stop]
+    exchange = names.get(raw)
+    if exchange is None:
+        exchange = _name(raw)
     pos = stop + 1
     stop = pos + buf[stop]
     if stop > end:
         raise IndexError("basic.deliver truncated")
-    routing_key = str(buf[pos:stop], "utf-8", "surrogateescape")
+    raw = buf[pos:stop]
+    routing_key = names.get(raw)
+    if routing_key is None:
+        routing_key = _name(raw)
     return Basic.Deliver(consumer_tag, delivery_tag, bits & 1 == 1, exchange, routing_key)

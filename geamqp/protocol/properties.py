@@ -163,7 +163,9 @@ def _encoder_source() -> list[str]:
             lines.append("        out += Q.pack(int(value))")
         else:
             lines.append("        encode_table_into(value, out)")
-    lines += ["    out[0] = flags >> 8", "    out[1] = flags & 0xFF", "    return bytes(out)"]
+    # The bytearray itself is returned: callers join it into a frame, so a bytes()
+    # copy here would only cost time.
+    lines += ["    out[0] = flags >> 8", "    out[1] = flags & 0xFF", "    return out"]
     return lines
 
 

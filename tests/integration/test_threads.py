@@ -316,3 +316,23 @@ def test_threads_under_monkey_patching(broker: BrokerEndpoint) -> None:
                             timeout=50)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[b'greenlet-thread', b'real-thread']"
+
+
+def test_executor_handler_that_returns_without_acking_acks_nothing(
+        conn: geamqp.Connection, unique_name: str) -> None:
+    ch = conn.channel()
+    queue = ch.queue_declare(unique_name, auto_delete=False).queue
+    try:
+        for i in range(10):
+            ch.basic_publish("", queue, b"%d" % i)
+        ch.basic_qos(prefetch_count=3)  # at most 3 messages in threads at once
+        handled: list[bytes] = []
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            ch.basic_consume(queue, lambda c, m, p, b: handled.append(b), executor=pool)
+            wait_until(lambda: len(handled) == 3, timeout=10)
+            stats = wait_until(lambda: (s := list_queue(queue)) and
+                               s.messages_unacknowledged == 3 and s, timeout=10)
+        assert stats.messages_ready == 7  # nothing acked behind the handler's back
+        assert len(handled) == 3
+    finally:
+        ch.queue_delete(queue)
