@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
-from gevent import socket
+from gevent import sleep, socket
 from gevent.event import Event
 
 from .exceptions import AMQPConnectionError, AMQPError, ProtocolError, StreamLostError
@@ -39,7 +39,7 @@ __all__ = ["Transport", "open_socket"]
 
 log = logging.getLogger("geamqp.transport")
 
-RECV_SIZE = 128 * 1024
+RECV_SIZE = 64 * 1024
 _CLOSE_GRACE = 5.0  # seconds to wait for close-ok after a protocol error
 _HIGH_WATER_FRAMES = 2000  # queued publishes before a publisher waits for the writer
 
@@ -247,9 +247,15 @@ class Transport:
                 return
             if events:
                 self._on_events(events)
-            self.kick()
+            if engine._out:  # replies nobody asked for (close-ok, flow-ok) or acks
+                self.kick()
             if not data:
                 return
+            if len(data) == RECV_SIZE:
+                # More is probably waiting, and recv() would return it at once:
+                # yield first, so dispatchers, the writer and callbacks from other
+                # threads get their turn (bounded latency under full load).
+                sleep(0)
 
     def _protocol_failure(self, exc: ProtocolError) -> None:
         if exc.fatal:
