@@ -52,6 +52,13 @@ __all__ = ["Channel"]
 log = logging.getLogger("geamqp.channel")
 
 _tag_counter = itertools.count(1)
+# Consumer tags need only be unique per channel; a per-process random part keeps
+# them distinct across processes in the management UI (no urandom per consumer).
+_TAG_SUFFIX = uuid.uuid4().hex[:16]
+
+
+def _new_tag() -> str:
+    return f"ctag{next(_tag_counter)}.{_TAG_SUFFIX}"
 _OPENING, _OPEN, _CLOSING, _CLOSED = "opening", "open", "closing", "closed"
 # While the supervisor reconnects: suspended, then being restored (see recovery.py).
 _RECOVERING, _RESTORING = "recovering", "restoring"
@@ -482,7 +489,7 @@ class Channel(ChannelRecovery):
         """Start a consumer; deliveries reach `on_message_callback(channel, method,
         properties, body)` from the moment this returns. Returns the consumer tag."""
         self._check_open()
-        tag = consumer_tag or f"ctag{next(_tag_counter)}.{uuid.uuid4().hex}"
+        tag = consumer_tag or _new_tag()
         if tag in self._consumers:
             raise DuplicateConsumerTag(f"consumer tag {tag!r} is already in use on this channel")
         consumer = Consumer(self, tag, queue, on_message_callback, auto_ack, exclusive,
@@ -545,7 +552,7 @@ class Channel(ChannelRecovery):
         """Yield (method, properties, body) per delivery; (None, None, None) after
         `inactivity_timeout` seconds without one. Closing the generator cancels."""
         self._check_open()
-        tag = f"ctag{next(_tag_counter)}.{uuid.uuid4().hex}"
+        tag = _new_tag()
         queue_: Queue = Queue()
         consumer = Consumer(self, tag, queue, None, auto_ack, exclusive, arguments, sink=queue_)
         self._consumers[tag] = consumer

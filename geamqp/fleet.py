@@ -20,11 +20,13 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+import gevent
 from gevent.lock import Semaphore
 
 from .channel import Channel
 from .connection import Connection, ParamsLike, connect
 from .consumer import OnMessage
+from .exceptions import AMQPError
 
 __all__ = ["ConsumerFleet"]
 
@@ -66,18 +68,36 @@ class ConsumerFleet:
     def _capacity(self) -> int:
         return self.max_connections * self.channels_per_connection
 
-    def _open_channel(self) -> Channel:
-        index = len(self.channels)
-        conn_index = index // self.channels_per_connection
+    def _open_batch(self) -> Channel:
+        """Open the rest of the current connection's channels at once (a new
+        connection when the last one is full): their open and qos round trips are
+        pipelined instead of paid one after another. Returns one of them."""
+        conn_index = len(self.channels) // self.channels_per_connection
         if conn_index == len(self.connections):
             self.connections.append(connect(self._parameters,
                                              name=f"{self._name}-{conn_index}"))
-        channel = self.connections[conn_index].channel()
-        channel.basic_qos(prefetch_count=self.prefetch_count)  # per consumer
-        self.channels.append(channel)
-        self._load[channel] = 0
-        self._reindex(channel)
-        return channel
+        conn = self.connections[conn_index]
+        missing = (conn_index + 1) * self.channels_per_connection - len(self.channels)
+
+        def open_one() -> Channel | AMQPError:
+            try:
+                channel = conn.channel()
+                channel.basic_qos(prefetch_count=self.prefetch_count)  # per consumer
+            except AMQPError as exc:  # reported below, not printed by the hub
+                return exc
+            return channel
+
+        openers = [gevent.spawn(open_one) for _ in range(missing)]
+        gevent.joinall(openers)
+        results = [g.value for g in openers]
+        opened = [r for r in results if isinstance(r, Channel)]
+        for channel in opened:
+            self.channels.append(channel)
+            self._load[channel] = 0
+            self._reindex(channel)
+        if not opened:
+            raise next(r for r in results if isinstance(r, AMQPError))
+        return opened[0]
 
     def _reindex(self, channel: Channel) -> None:
         """Record the channel's new load (O(log n); the old entry goes stale)."""
@@ -107,7 +127,7 @@ class ConsumerFleet:
             lightest = self._least_loaded()
             if len(self.channels) < self._capacity() and (
                     lightest is None or self._load[lightest] > 0):
-                return self._open_channel()
+                return self._open_batch()
             if lightest is None:
                 raise RuntimeError("every channel of the fleet is closed")
             return lightest
