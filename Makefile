@@ -27,9 +27,12 @@ test: venv broker
 	$(PY) -m pytest -m broker_disruptive -q; rc=$$?; \
 		if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi
 
+# Prints each table; benchmarks/RESULTS.md keeps the latest ones with their analysis.
 bench: venv broker
 	$(PY) benchmarks/codec.py
-	$(PY) benchmarks/compare.py
+	$(PY) benchmarks/compare.py --repeat 3
+	$(PY) benchmarks/threads.py
+	$(PY) benchmarks/fanout.py
 
 lint: venv
 	$(PY) -m ruff check geamqp tests benchmarks examples
