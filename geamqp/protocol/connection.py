@@ -33,6 +33,7 @@ from ..exceptions import (
     ConnectionClosedByClient,
     ConnectionWrongStateError,
     ContentTooLarge,
+    FrameError,
     IncompatibleProtocolError,
     InvalidFieldError,
     InvalidTuneError,
@@ -55,7 +56,6 @@ from .frames import (
     HEARTBEAT_FRAME,
     PROTOCOL_HEADER,
     FrameReader,
-    Span,
     decode_deliver,
     deliver_at,
     encode_ack,
@@ -89,7 +89,9 @@ CAPABILITIES = (
 )
 _IDS = struct.Struct(">HH")
 _CONTENT = struct.Struct(">HHQ")
-_CONTENT_FLAGS = struct.Struct(">HHQH")
+_CHANNEL_SIZE = struct.Struct(">HI")  # a frame header after its type octet
+_HEADER_FRAME = struct.Struct(">BHIHHQH")  # frame header + class, weight, size, flags
+_FRAME_HEAD = struct.Struct(">BHI")
 _OPEN = ChanState.OPEN
 _DELIVER_IDS = b"\x00\x3c\x00\x3c"  # class 60, method 60
 _new = object.__new__
@@ -217,21 +219,27 @@ class AMQPConnection:
                 return self._incompatible() if self._prelude_complete() else []
         events: list[ev.Event] = []
         reader = self._reader
+        buf = reader.take(data)
+        pos = 0
         try:
-            buf, spans = reader.feed_spans(data)
-            count = len(spans)
-            i = 0
-            while i < count:
-                ftype, channel, start, end = spans[i]
-                i += 1
+            if reader.error is not None:
+                raise reader.error
+            avail = len(buf)
+            next_span = reader.next_span
+            while True:
+                if (avail - pos > 11 and buf[pos] == 1
+                        and buf[pos + 7:pos + 11] == _DELIVER_IDS):
+                    # basic.deliver: in one step when its content is whole here
+                    done = self._fused_deliver(buf, pos, events)
+                    if done:
+                        pos = done
+                        continue
+                span = next_span(buf, pos)
+                if span is None:
+                    break
+                ftype, channel, start, end = span
+                pos = end + 1
                 if ftype == FRAME_METHOD:
-                    if buf[start:start + 4] == _DELIVER_IDS:
-                        # basic.deliver: in one step when its content is whole here
-                        taken = self._fused_deliver(buf, spans, i, channel, start, end,
-                                                    events)
-                        if taken:
-                            i += taken - 1
-                            continue
                     self._on_method_frame(channel, buf, start, end, events)
                     if self.is_closed:
                         break  # closed by this frame: the rest of the chunk is moot
@@ -241,9 +249,10 @@ class AMQPConnection:
                     self._on_header_frame(channel, buf, start, end, events)
                 elif channel != 0:
                     raise BadHeartbeat(f"heartbeat frame on channel {channel}")
-            if reader.error is not None:
-                raise reader.error
+            reader.keep(buf, pos)
         except ProtocolError as exc:
+            if isinstance(exc, FrameError) and reader.error is None:
+                reader.error = exc  # the stream is broken: nothing after it is read
             exc.events = events
             self._fail(exc)
             raise
@@ -307,37 +316,46 @@ class AMQPConnection:
 
     # ------------------------------------------------------------------ frames
 
-    def _fused_deliver(self, buf: bytes, spans: list[Span], i: int, channel: int,
-                       start: int, end: int, events: list[ev.Event]) -> int:
-        """basic.deliver, its header and its single body frame, decoded in one step.
+    def _fused_deliver(self, buf: bytes, pos: int, events: list[ev.Event]) -> int:
+        """basic.deliver, its header and its single body frame, checked and decoded in
+        one step straight from the buffer (the hot path of every consumer).
 
-        The hot path of every consumer: the method frame is spans[i - 1], at
-        buf[start:end]. Returns how many frames it consumed, or 0 when the content
-        is not whole in this chunk or anything is unusual — then the
-        frame-by-frame path handles it (and raises what is wrong).
+        `pos` is where the method frame starts. Returns where the next frame
+        starts, or 0 when the content is not whole in this chunk or anything is
+        unusual — then the frame-by-frame path takes over, and it raises what is
+        wrong. Every check of `FrameReader.next_span` is made here too.
         """
-        count = len(spans)
-        if i >= count:
+        avail = len(buf)
+        limit = self._reader.max_frame_size - 8
+        channel, size = _CHANNEL_SIZE.unpack_from(buf, pos + 1)
+        start = pos + 7
+        end = start + size
+        hpos = end + 1
+        if size > limit or hpos + 21 > avail or buf[end] != 0xCE:
             return 0
-        htype, hchannel, hstart, hend = spans[i]
+        htype, hchannel, hsize, class_id, _weight, body_size, flags = _HEADER_FRAME.unpack_from(
+            buf, hpos)
+        hstart = hpos + 7
+        hend = hstart + hsize
         record = self._channels.get(channel)
-        if (htype != 2 or hchannel != channel or record is None or record.state is not _OPEN
-                or record.method is not None or self.state is not _CONN_OPEN
-                or hend - hstart < 14):
+        if (htype != 2 or hchannel != channel or not 14 <= hsize <= limit or hend >= avail
+                or buf[hend] != 0xCE or class_id != 60 or body_size > self._max_body
+                or record is None or record.state is not _OPEN or record.method is not None
+                or self.state is not _CONN_OPEN):
             return 0
-        class_id, _weight, body_size, flags = _CONTENT_FLAGS.unpack_from(buf, hstart)
-        if class_id != 60 or body_size > self._max_body:
-            return 0
-        taken = 2
+        next_pos: int = hend + 1
         body = b""
         if body_size:
-            if i + 1 >= count:
+            if next_pos + 7 > avail:
                 return 0
-            btype, bchannel, bstart, bend = spans[i + 1]
-            if btype != 3 or bchannel != channel or bend - bstart != body_size:
+            btype, bchannel, bsize = _FRAME_HEAD.unpack_from(buf, next_pos)
+            bstart = next_pos + 7
+            next_pos = bstart + bsize
+            if (btype != 3 or bchannel != channel or bsize != body_size or bsize > limit
+                    or next_pos >= avail or buf[next_pos] != 0xCE):
                 return 0
-            body = buf[bstart:bend]
-            taken = 3
+            body = buf[bstart:next_pos]
+            next_pos += 1
         try:
             method = deliver_at(buf, start, end)
             if flags:
@@ -349,7 +367,7 @@ class AMQPConnection:
         except (struct.error, IndexError, UnicodeDecodeError, InvalidFieldError):
             return 0
         events.append(_ContentReceived(channel, method, props, body))
-        return taken
+        return next_pos
 
     def _on_method_frame(self, channel: int, buf: bytes, start: int, end: int,
                          events: list[ev.Event]) -> None:

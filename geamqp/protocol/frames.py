@@ -83,6 +83,42 @@ class FrameReader:
         """Bytes received but not yet part of a complete frame."""
         return len(self._rest)
 
+    def take(self, data: bytes) -> bytes:
+        """The bytes to parse now: what was left over, then `data` (b"" once broken)."""
+        if self.error is not None:
+            return b""
+        rest = self._rest
+        if rest:
+            self._rest = b""
+            return rest + data
+        return data
+
+    def keep(self, buf: bytes, pos: int) -> None:
+        """Keep buf[pos:] — the start of a frame not complete yet — for the next call."""
+        self._rest = buf[pos:] if pos < len(buf) else b""
+
+    def next_span(self, buf: bytes, pos: int) -> Span | None:
+        """The frame starting at `pos`, validated; None when it is not complete yet.
+
+        Raises the `FrameError` that describes a malformed frame, from its
+        header alone where it can (no allocation for an oversized frame).
+        """
+        if len(buf) - pos < 7:
+            return None
+        ftype, channel, size = _HEADER.unpack_from(buf, pos)
+        if ftype not in _KNOWN_TYPES:
+            raise UnknownFrameType(f"unknown frame type {ftype} on channel {channel}")
+        if size > self.max_frame_size - FRAME_OVERHEAD:
+            raise FrameTooLarge(f"frame of {size + FRAME_OVERHEAD} bytes exceeds frame_max "
+                                f"{self.max_frame_size}")
+        end = pos + 7 + size
+        if end >= len(buf):
+            return None
+        if buf[end] != FRAME_END:
+            raise BadFrameEnd(f"frame-end is {buf[end]:#04x}, not 0xce (type {ftype}, "
+                              f"channel {channel}, size {size})")
+        return ftype, channel, pos + 7, end
+
     def feed_spans(self, data: bytes) -> tuple[bytes, list[Span]]:
         """Append `data`; return a buffer and the span of every frame now complete in it.
 
@@ -90,41 +126,17 @@ class FrameReader:
         buffer. On a malformed frame, `error` is set, the spans before it are
         returned, and everything after it is discarded (now and on later calls).
         """
-        if self.error is not None:
-            return b"", []
-        buf = self._rest + data if self._rest else bytes(data)
+        buf = self.take(data)
         spans: list[Span] = []
-        append = spans.append
         pos = 0
-        avail = len(buf)
-        unpack = _HEADER.unpack_from
-        limit = self.max_frame_size - FRAME_OVERHEAD
-        known = _KNOWN_TYPES
         try:
-            while avail - pos >= 7:
-                ftype, channel, size = unpack(buf, pos)
-                if ftype not in known:
-                    raise UnknownFrameType(f"unknown frame type {ftype} on channel {channel}")
-                if size > limit:
-                    raise FrameTooLarge(
-                        f"frame of {size + FRAME_OVERHEAD} bytes exceeds frame_max "
-                        f"{self.max_frame_size}"
-                    )
-                end = pos + 7 + size
-                if end >= avail:
-                    break
-                if buf[end] != 0xCE:  # FRAME_END
-                    raise BadFrameEnd(
-                        f"frame-end is {buf[end]:#04x}, not 0xce (type {ftype}, "
-                        f"channel {channel}, size {size})"
-                    )
-                append((ftype, channel, pos + 7, end))
-                pos = end + 1
+            while (span := self.next_span(buf, pos)) is not None:
+                spans.append(span)
+                pos = span[3] + 1
         except FrameError as exc:
             self.error = exc
-            self._rest = b""
             return buf, spans
-        self._rest = buf[pos:] if pos < avail else b""
+        self.keep(buf, pos)
         return buf, spans
 
     def feed(self, data: bytes) -> list[Frame]:
