@@ -30,6 +30,7 @@ __all__ = [
     "Float32",
     "Int8",
     "Int16",
+    "Int64",
     "LongStrBytes",
     "UInt8",
     "UInt16",
@@ -62,6 +63,10 @@ class Int16(int):
 
 class UInt16(int):
     """A table value tagged ``u`` (unsigned 16-bit)."""
+
+
+class Int64(int):
+    """A table value tagged ``l`` (signed 64-bit), kept as ``l`` even when it is small."""
 
 
 class UInt32(int):
@@ -165,6 +170,11 @@ def _decode_nested_array(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
     return _decode_array_at(buf, pos, depth + 1)
 
 
+def _long(value: int) -> int:
+    # A plain int re-encodes as 'I' when it fits 32 bits: only then is the tag kept.
+    return Int64(value) if -0x80000000 <= value <= 0x7FFFFFFF else value
+
+
 _DECODERS: dict[int, _Decoder] = {
     ord("t"): _decode_bool,
     ord("b"): _fixed(_B, Int8),
@@ -173,7 +183,7 @@ _DECODERS: dict[int, _Decoder] = {
     ord("u"): _fixed(_SU, UInt16),
     ord("I"): _fixed(_I, None),
     ord("i"): _fixed(_IU, UInt32),
-    ord("l"): _fixed(_L, None),
+    ord("l"): _fixed(_L, _long),
     ord("f"): _fixed(_F, Float32),
     ord("d"): _fixed(_D, None),
     ord("D"): _decode_decimal,
@@ -289,6 +299,7 @@ _TAGGED_INTS: dict[type, tuple[bytes, struct.Struct]] = {
     Int16: (b"s", _S),
     UInt16: (b"u", _SU),
     UInt32: (b"i", _IU),
+    Int64: (b"l", _L),
 }
 _NO_LENGTH = b"\x00\x00\x00\x00"
 _TAGGED_LEN = struct.Struct(">BI")  # a tag and a long string's length
