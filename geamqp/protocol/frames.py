@@ -119,30 +119,26 @@ class FrameReader:
                               f"channel {channel}, size {size})")
         return ftype, channel, pos + 7, end
 
-    def feed_spans(self, data: bytes) -> tuple[bytes, list[Span]]:
-        """Append `data`; return a buffer and the span of every frame now complete in it.
+    def feed(self, data: bytes) -> list[Frame]:
+        """Append `data`; return every frame now complete, in order, payloads copied out.
 
-        Payloads are not copied: a span says where its payload lies in the
-        buffer. On a malformed frame, `error` is set, the spans before it are
-        returned, and everything after it is discarded (now and on later calls).
+        On a malformed frame, `error` is set, the frames before it are returned,
+        and everything after it is discarded (now and on later calls). The
+        connection walks the buffer itself with `take` / `next_span` / `keep`.
         """
         buf = self.take(data)
-        spans: list[Span] = []
+        frames: list[Frame] = []
         pos = 0
         try:
             while (span := self.next_span(buf, pos)) is not None:
-                spans.append(span)
-                pos = span[3] + 1
+                ftype, channel, start, end = span
+                frames.append((ftype, channel, buf[start:end]))
+                pos = end + 1
         except FrameError as exc:
             self.error = exc
-            return buf, spans
+            return frames
         self.keep(buf, pos)
-        return buf, spans
-
-    def feed(self, data: bytes) -> list[Frame]:
-        """Append `data`; return every frame now complete, in order, payloads copied out."""
-        buf, spans = self.feed_spans(data)
-        return [(ftype, channel, buf[start:end]) for ftype, channel, start, end in spans]
+        return frames
 
 
 # --------------------------------------------------------------------------- encoding
