@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import platform
 import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import (
@@ -64,7 +63,13 @@ from .frames import (
     encode_publish,
 )
 from .properties import BasicProperties, decode_properties, new_properties
-from .sasl import Credentials
+from .settings import (
+    CAPABILITIES,
+    VERSION,
+    ClientSettings,
+    negotiate_heartbeat,
+    negotiate_limit,
+)
 from .spec import METHODS, SERVER, Basic, Channel, Confirm, Connection, Method
 from .state import (
     CHANNEL_TRANSITIONS,
@@ -77,16 +82,6 @@ from .state import (
 
 __all__ = ["AMQPConnection", "ClientSettings", "negotiate_heartbeat", "negotiate_limit"]
 
-VERSION = "0.1.0"
-CAPABILITIES = (
-    "publisher_confirms",
-    "exchange_exchange_bindings",
-    "basic.nack",
-    "consumer_cancel_notify",
-    "connection.blocked",
-    "authentication_failure_close",
-    "per_consumer_qos",
-)
 _IDS = struct.Struct(">HH")
 _CONTENT = struct.Struct(">HHQ")
 _CHANNEL_SIZE = struct.Struct(">HI")  # a frame header after its type octet
@@ -101,47 +96,6 @@ _DELIVER = Basic.Deliver.INDEX
 _ACCESS_REFUSED = 403
 _NOT_ALLOWED = 530
 _MAX_BODY_SIZE = (1 << 63) - 1
-
-
-@dataclass(slots=True)
-class ClientSettings:
-    """What the client asks for; the server's tune may lower the limits."""
-
-    credentials: Credentials
-    virtual_host: str = "/"
-    heartbeat: int | None = None  # None: take the server's proposal
-    frame_max: int = 131072
-    channel_max: int = 2047
-    max_message_size: int = 128 * 1024 * 1024  # bodies announced larger are refused
-    connection_name: str | None = None
-    client_properties: dict[str, Any] = field(default_factory=dict)
-    locale: str = "en_US"
-
-    def __post_init__(self) -> None:
-        if not FRAME_MIN_SIZE <= self.frame_max <= 0x7FFFFFFF:
-            raise ValueError(f"frame_max must be 4096..2147483647, not {self.frame_max}")
-        if not 1 <= self.channel_max <= 65535:
-            raise ValueError(f"channel_max must be 1..65535, not {self.channel_max}")
-        if self.heartbeat is not None and not 0 <= self.heartbeat <= 65535:
-            raise ValueError(f"heartbeat must be 0..65535 seconds, not {self.heartbeat}")
-        if self.max_message_size < 0:
-            raise ValueError("max_message_size must not be negative")
-
-
-def negotiate_heartbeat(client: int | None, server: int) -> int:
-    """If either side is 0 take the other, else the smaller (RabbitMQ's rule)."""
-    if client is None:
-        return server
-    if client == 0 or server == 0:
-        return client or server
-    return min(client, server)
-
-
-def negotiate_limit(client: int, server: int) -> int:
-    """frame_max / channel_max: the lower non-zero value (0 means 'no limit')."""
-    if client == 0 or server == 0:
-        return client or server
-    return min(client, server)
 
 
 class AMQPConnection:
