@@ -148,6 +148,7 @@ class Channel(ChannelRecovery):
     def _rpc_unchecked(self, method: Method, replies: tuple[type[Method], ...]) -> Any:
         waiter = AsyncResult()
         self._waiters.append((replies, waiter))
+        log.debug("channel %s: sent %s", self.channel_number, method.NAME)
         try:
             conn = self.connection
             conn._engine.send_method(self.channel_number, method)
@@ -156,6 +157,7 @@ class Channel(ChannelRecovery):
             self._waiters.remove((replies, waiter))
             raise
         reply = waiter.get()
+        log.debug("channel %s: %s answered", self.channel_number, method.NAME)
         self.connection._topology.on_reply(self, method, reply)
         return reply
 

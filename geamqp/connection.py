@@ -302,6 +302,7 @@ class Connection:
                 self._on_other_event(event)
 
     def _on_other_event(self, event: ev.Event) -> None:
+        log.debug("%s: %s", self.name or "connection", type(event).__name__)
         if isinstance(event, ev.ChannelOpened):
             self._channels[event.channel]._on_opened()
         elif isinstance(event, ev.ChannelClosed):
