@@ -149,8 +149,16 @@ def geamqp_fanout(url: str, queues: list[str], connections: int, channels: int,
     if fleet:
         consumers = ConsumerFleet(url, connections=connections, channels_per_connection=channels,
                                   prefetch_count=PREFETCH, name="bench-fleet")
-        gevent.joinall([gevent.spawn(consumers.basic_consume, q, on_message) for q in queues],
-                       raise_error=True)
+        # A bounded pool, not a greenlet per queue: each blocked greenlet keeps its
+        # stack on the heap while it waits, and RSS would count 10,000 of them.
+        # Four per connection keep every connection's consumes pipelined (more
+        # only adds switching; measured 0.73-0.79 s at 4, 0.89-0.91 s at 20).
+        from gevent.pool import Pool
+
+        openers = Pool(connections * 4)
+        for q in queues:
+            openers.spawn(consumers.basic_consume, q, on_message)
+        openers.join(raise_error=True)
         conns = consumers.connections
     else:
         def open_connection(index: int) -> Any:

@@ -8,6 +8,11 @@ one prefetch window. A fleet opens `connections` connections with
 puts each new consumer on the channel with the fewest consumers, so load and
 prefetch windows are shared evenly and no consumer starves behind another.
 
+Adding thousands of consumers is fastest from a bounded pool of greenlets
+(a few per connection, e.g. ``gevent.pool.Pool(4 * connections)``): each
+`basic_consume` waits for its consume-ok, and a greenlet per consumer would keep
+thousands of parked stacks in memory while they wait.
+
 `basic_qos(prefetch_count)` is per consumer (RabbitMQ's per-consumer QoS),
 so a consumer that stops acking holds at most `prefetch_count` messages in
 this process, whatever the others do.
