@@ -346,11 +346,16 @@ class Connection:
 
     def _on_unblocked(self) -> None:
         log.info("broker unblocked the connection")
+        self._clear_blocked()
+        for callback in self._unblocked_callbacks:
+            self._dispatcher.submit(callback, self, None)
+
+    def _clear_blocked(self) -> None:
+        """Not blocked any more (unblocked, or the link is gone): release waiting
+        publishers and stop the blocked-connection timer."""
         self._blocked = False
         self._unblocked.set()
         self._cancel_blocked_timer()
-        for callback in self._unblocked_callbacks:
-            self._dispatcher.submit(callback, self, None)
 
     def _cancel_blocked_timer(self) -> None:
         timer, self._blocked_timer = self._blocked_timer, None
@@ -402,9 +407,7 @@ class Connection:
             self._secret_waiter.set_exception(error)
         if supervisor.recovering:
             return  # lost again while restoring: the supervisor's loop carries on
-        self._blocked = False
-        self._unblocked.set()
-        self._cancel_blocked_timer()
+        self._clear_blocked()
         for callback in self._lost_callbacks:
             self._dispatcher.submit(callback, self, error)
         supervisor.start(error)
@@ -456,9 +459,7 @@ class Connection:
             channel._on_closed(error)
         if self._secret_waiter is not None:
             self._secret_waiter.set_exception(error)
-        self._blocked = False
-        self._unblocked.set()
-        self._cancel_blocked_timer()
+        self._clear_blocked()
         self._closed.set()
         for callback in self._close_callbacks:
             self._dispatcher.submit(callback, self, error)
