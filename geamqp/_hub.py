@@ -6,6 +6,13 @@ wake-up (`loop.async_()`); no pipe, no polling. In the hub a runner greenlet
 takes callbacks FIFO and runs them, so a callback may block cooperatively
 (ack, publish with confirms, declare).
 
+A hub busy reading and dispatching at full speed polls its loop rarely
+(gevent runs queued greenlet switches for up to the switch interval, 5 ms,
+before it looks at I/O again), so the loop wake-up alone would leave a
+callback waiting that long. The busy greenlets therefore yield with
+`cooperate()`, which first wakes the runners of this hub that have callbacks
+waiting: a callback waits at most one yield period of the busiest greenlet.
+
 Every public Connection and Channel method goes through `threadsafe()`:
 called in the hub's OS thread it runs directly; called from any other OS
 thread it is handed over as a callback, runs in its own greenlet in the hub,
@@ -19,21 +26,24 @@ and "threads" that are really greenlets take the direct path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import os
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import gevent
-from gevent.event import Event
+from gevent.hub import Hub, Waiter
 from gevent.monkey import get_original
 
 from .exceptions import AMQPError, ConnectionWrongStateError
 
-__all__ = ["ForkedConnectionError", "HubBridge", "make_threadsafe", "os_thread_ident"]
+__all__ = ["ForkedConnectionError", "HubBridge", "cooperate", "make_threadsafe",
+           "os_thread_ident", "waiting_bridges"]
 
 log = logging.getLogger("geamqp.hub")
 
@@ -51,6 +61,44 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
+# Per hub: the bridges that other threads have handed callbacks to since that
+# hub's last cooperate(). A bridge is listed at most once (its `_listed` flag).
+_waiting: weakref.WeakKeyDictionary[Hub, deque[HubBridge]] = weakref.WeakKeyDictionary()
+
+
+def waiting_bridges() -> deque[HubBridge]:
+    """This hub's list of bridges with thread callbacks waiting: a busy greenlet
+    keeps it and calls `cooperate(waiting)` as soon as it is not empty."""
+    return _waiting.setdefault(gevent.get_hub(), deque())
+
+
+def cooperate(waiting: deque[HubBridge] | None = None) -> None:
+    """Yield to the hub's other greenlets like `gevent.sleep(0)`; when callbacks
+    from other threads are waiting, their runners go first, ahead of every
+    greenlet already queued to run (see module docs)."""
+    if waiting is None:
+        waiting = waiting_bridges()
+    parked: list[Waiter] = []
+    while waiting:
+        try:
+            bridge = waiting.popleft()
+        except IndexError:
+            break
+        bridge._listed = False  # before the wake: a callback added now is listed again
+        waiter = bridge._unpark()
+        if waiter is not None:
+            parked.append(waiter)
+    if not parked:
+        gevent.sleep(0)
+        return
+    run_callback = gevent.get_hub().loop.run_callback
+    for waiter in parked[1:]:
+        run_callback(waiter.switch, None)
+    run_callback(gevent.getcurrent().switch)  # resume behind what is queued: a yield
+    runner = parked[0].greenlet
+    assert runner is not None
+    runner.switch(None)  # as the hub would: the runner's Waiter.get() returns
+
 
 class ForkedConnectionError(ConnectionWrongStateError):
     """A connection inherited across os.fork(): it belongs to the parent process.
@@ -67,7 +115,9 @@ class HubBridge:
         self.fork_generation = _fork_generation[0]
         self.pid = os.getpid()
         self._queue: deque[Callable[[], Any]] = deque()
-        self._wake = Event()
+        self._waiter: Waiter | None = None  # the parked runner's, while it is parked
+        self._listed = False  # in this hub's `_waiting` deque
+        self._waiting = waiting_bridges()
         self._closed: AMQPError | None = None
         self._exited = False  # the runner took its last callbacks
         self._async = self._hub.loop.async_()
@@ -102,7 +152,10 @@ class HubBridge:
         if os_thread_ident() == self.thread_ident:
             self._wake_runner()
         else:
-            self._async.send()
+            if not self._listed:  # for the next cooperate() of a busy hub
+                self._listed = True
+                self._waiting.append(self)
+            self._async.send()  # for a hub that is idle or polling
 
     def _refusal(self) -> ConnectionWrongStateError:
         return ConnectionWrongStateError(
@@ -135,23 +188,42 @@ class HubBridge:
         self._wake_runner()
 
     def _wake_runner(self) -> None:
+        waiter = self._unpark()
+        if waiter is None:
+            return
+        if gevent.getcurrent() is self._hub:
+            waiter.switch(None)  # straight in, not behind every queued greenlet switch
+        else:
+            self._hub.loop.run_callback(waiter.switch, None)
+
+    def _unpark(self) -> Waiter | None:
+        """Start the runner if there is none yet; if it is parked, the Waiter to
+        switch it in with (no longer parked: nobody else switches it)."""
         if self._runner is None:
             # Most connections never see a thread: no parked greenlet until one does.
             self._runner = gevent.spawn(self._run)
             self._runner.name = "geamqp-hub-callbacks"
-        else:
-            self._wake.set()
+            return None
+        waiter = self._waiter
+        self._waiter = None
+        return waiter  # None while it runs: it drains until the queue is empty
 
     def _run(self) -> None:
         while True:
-            self._wake.clear()
             self._drain()
             if self._closed is not None:
                 self._exited = True
                 self._drain()
                 self._async.close()
+                if self._listed:  # nothing left to wake: do not keep the connection alive
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(self)
                 return
-            self._wake.wait()
+            # No yield between the drain's last look at the queue and parking:
+            # whoever appends after it wakes the waiter set here.
+            waiter = Waiter()
+            self._waiter = waiter
+            waiter.get()
 
     def _drain(self) -> None:
         queue = self._queue

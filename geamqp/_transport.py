@@ -27,9 +27,10 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
-from gevent import sleep, socket
+from gevent import socket
 from gevent.event import Event
 
+from ._hub import cooperate, waiting_bridges
 from .exceptions import AMQPConnectionError, AMQPError, ProtocolError, StreamLostError
 from .parameters import ConnectionParameters
 from .protocol import AMQPConnection
@@ -227,6 +228,8 @@ class Transport:
     def _read_loop(self) -> None:
         recv = self._sock.recv
         engine = self._engine
+        unyielded = 0  # bytes handled since this greenlet last let others run
+        waiting = waiting_bridges()  # callbacks from other threads go first
         while True:
             try:
                 data = recv(RECV_SIZE)
@@ -251,11 +254,14 @@ class Transport:
                 self.kick()
             if not data:
                 return
-            if len(data) == RECV_SIZE:
-                # More is probably waiting, and recv() would return it at once:
-                # yield first, so dispatchers, the writer and callbacks from other
-                # threads get their turn (bounded latency under full load).
-                sleep(0)
+            unyielded += len(data)
+            if unyielded >= RECV_SIZE or waiting:
+                # recv() returns at once while the broker keeps sending, so this
+                # loop would never block: yield after every RECV_SIZE bytes, so
+                # dispatchers, the writer and callbacks from other threads get
+                # their turn (bounded latency under full load).
+                unyielded = 0
+                cooperate(waiting)
 
     def _protocol_failure(self, exc: ProtocolError) -> None:
         if exc.fatal:

@@ -22,6 +22,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
+from ._hub import cooperate, waiting_bridges
 from .exceptions import AMQPError, NackError, UnroutableError
 from .protocol.properties import BasicProperties
 from .protocol.spec import Basic
@@ -68,13 +69,14 @@ class Dispatcher:
         queue = self._queue
         popleft = queue.popleft
         wake = self._wake
+        waiting = waiting_bridges()  # callbacks from other threads go first
         while True:
             wake.clear()
             done = 0
             while queue:
                 done += 1
-                if not done % _YIELD_EVERY:
-                    gevent.sleep(0)  # bound the latency other greenlets see
+                if waiting or not done % _YIELD_EVERY:
+                    cooperate(waiting)  # bound the latency other greenlets and threads see
                 fn, args = popleft()
                 try:
                     fn(*args)

@@ -1,0 +1,94 @@
+"""Callbacks from other threads while the hub is busy (no broker needed).
+
+A hub that is dispatching a long queue never polls its loop, so the loop's
+thread-safe wake-up alone would leave a thread's callback waiting until the
+queue drains or gevent's switch interval runs out. The dispatcher checks for
+waiting thread callbacks after every message and lets their runner go first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from geamqp._hub import HubBridge, cooperate
+from geamqp.consumer import Dispatcher
+from geamqp.exceptions import ConnectionClosed
+
+HANDED_OVER_AT = 10
+TASKS = 1000
+
+
+@pytest.fixture
+def bridges() -> Iterator[list[HubBridge]]:
+    made = [HubBridge(owner=None), HubBridge(owner=None)]
+    yield made
+    for bridge in made:
+        bridge.close(ConnectionClosed(320, "test over"))
+    gevent.joinall([b._runner for b in made if b._runner is not None], timeout=5,
+                   raise_error=True)
+
+
+def _dispatch_while_a_thread_hands_over(bridges: list[HubBridge]) -> list[object]:
+    """TASKS callbacks in one dispatcher; during task HANDED_OVER_AT an OS thread
+    hands one callback to each bridge. Returns the order things ran in."""
+    dispatcher = Dispatcher("test-dispatcher")
+    order: list[object] = []
+    finished = Event()
+    handed_over = threading.Event()
+
+    def from_thread() -> None:
+        for n, bridge in enumerate(bridges):
+            bridge.add_callback_threadsafe(lambda n=n: order.append(f"thread-{n}"))
+        handed_over.set()
+
+    def task(i: int) -> None:
+        order.append(i)
+        if i == HANDED_OVER_AT:
+            worker = threading.Thread(target=from_thread)
+            worker.start()
+            # Blocks the hub's OS thread (releasing the GIL) until the thread has
+            # handed its callbacks over: no yield to the hub in between.
+            assert handed_over.wait(5)
+            worker.join(5)
+        if i == TASKS - 1:
+            finished.set()
+
+    # Start the runners first (as a connection that has seen threads before).
+    for bridge in bridges:
+        bridge.add_callback_threadsafe(lambda: None)
+    gevent.sleep(0)
+    try:
+        for i in range(TASKS):
+            dispatcher.submit(task, i)
+        assert finished.wait(10)
+    finally:
+        dispatcher.stop()
+    return order
+
+
+@pytest.mark.timeout(20)
+def test_thread_callback_runs_right_after_the_current_message(bridges: list[HubBridge]) -> None:
+    order = _dispatch_while_a_thread_hands_over(bridges[:1])
+    assert order.index("thread-0") == HANDED_OVER_AT + 1  # not after the next 64, or 1000
+    assert [x for x in order if isinstance(x, int)] == list(range(TASKS))
+
+
+@pytest.mark.timeout(20)
+def test_every_connection_of_the_hub_gets_its_thread_callbacks_run(
+        bridges: list[HubBridge]) -> None:
+    order = _dispatch_while_a_thread_hands_over(bridges)
+    assert order[HANDED_OVER_AT + 1:HANDED_OVER_AT + 3] == ["thread-0", "thread-1"]
+
+
+@pytest.mark.timeout(20)
+def test_cooperate_without_waiting_callbacks_is_a_plain_yield() -> None:
+    ran = []
+    other = gevent.spawn(ran.append, "other")
+    cooperate()
+    assert ran == ["other"]
+    other.join()
