@@ -94,10 +94,28 @@ def cooperate(waiting: deque[HubBridge] | None = None) -> None:
     run_callback = gevent.get_hub().loop.run_callback
     for waiter in parked[1:]:
         run_callback(waiter.switch, None)
-    run_callback(gevent.getcurrent().switch)  # resume behind what is queued: a yield
+    resume = _Resume(gevent.getcurrent())
+    run_callback(resume)  # we go on behind what is queued: a yield
     runner = parked[0].greenlet
     assert runner is not None
-    runner.switch(None)  # as the hub would: the runner's Waiter.get() returns
+    try:
+        runner.switch(None)  # as the hub would: the runner's Waiter.get() returns
+    finally:
+        resume.greenlet = None  # if thrown into meanwhile (kill, Timeout): no stale switch
+
+
+class _Resume:
+    """Switches back into a greenlet from the hub once, unless disarmed first."""
+
+    __slots__ = ("greenlet",)
+
+    def __init__(self, greenlet: Any) -> None:
+        self.greenlet: Any = greenlet
+
+    def __call__(self) -> None:
+        greenlet, self.greenlet = self.greenlet, None
+        if greenlet is not None:
+            greenlet.switch()
 
 
 class ForkedConnectionError(ConnectionWrongStateError):

@@ -92,3 +92,42 @@ def test_cooperate_without_waiting_callbacks_is_a_plain_yield() -> None:
     cooperate()
     assert ran == ["other"]
     other.join()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.timeout(20)
+def test_a_greenlet_interrupted_while_thread_callbacks_run_is_not_switched_into_later(
+        bridges: list[HubBridge]) -> None:
+    # A kill or a gevent.Timeout may reach a greenlet while cooperate() lets the
+    # runner go first; the greenlet then carries on elsewhere, and the switch
+    # cooperate() queued to resume it must not land in that later wait.
+    bridge = bridges[0]
+    bridge.add_callback_threadsafe(lambda: None)  # start the runner
+    gevent.sleep(0)
+    ran: list[str] = []
+    waiting = bridge._waiting
+    outcome: list[str] = []
+
+    def body() -> None:
+        worker = threading.Thread(
+            target=bridge.add_callback_threadsafe, args=(lambda: ran.append("thread"),))
+        worker.start()
+        worker.join(5)
+        assert waiting  # listed by the thread
+        me = gevent.getcurrent()
+        gevent.get_hub().loop.run_callback(me.throw, _Interrupt())  # ahead of the resume
+        try:
+            cooperate(waiting)
+        except _Interrupt:
+            outcome.append("interrupted")
+        gevent.sleep(0.05)  # a stale switch would end this wait early, or raise
+        outcome.append("slept")
+
+    glet = gevent.spawn(body)
+    glet.join(5)
+    assert glet.successful(), glet.exception
+    assert ran == ["thread"]
+    assert outcome == ["interrupted", "slept"]
