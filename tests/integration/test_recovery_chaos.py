@@ -137,12 +137,20 @@ def test_resets_and_a_forced_close_lose_no_confirmed_message(broker, unique_name
         workers = [gevent.spawn(ledger.publisher, publisher, queue,
                                 range(k * per, (k + 1) * per), 9.0) for k in range(greenlets)]
         faults: list[float] = []
-        for _ in range(5):
-            gevent.sleep(1.0)  # the fault schedule itself: one reset a second
+        for n in range(5):
+            gevent.sleep(1.0)  # the fault schedule itself: one reset a second ...
+            # ... each hitting an established link: a reset during a reconnect
+            # would be a failed attempt, not a recovery, and the count below
+            # would depend on how loaded the machine is
+            if n:
+                pub_watch.wait_recovered(n, timeout=30)
+                con_watch.wait_recovered(n, timeout=30)
             pub_proxy.reset_all()
             con_proxy.reset_all()
             faults.append(time.monotonic())
         gevent.sleep(1.0)
+        pub_watch.wait_recovered(5, timeout=30)
+        con_watch.wait_recovered(5, timeout=30)
         broker_ctl.close_connection(unique_name)  # both connections: 320
         faults.append(time.monotonic())
         joined(workers, 60)
