@@ -72,12 +72,11 @@ def waiting_bridges() -> deque[HubBridge]:
     return _waiting.setdefault(gevent.get_hub(), deque())
 
 
-def cooperate(waiting: deque[HubBridge] | None = None) -> None:
+def cooperate(waiting: deque[HubBridge]) -> None:
     """Yield to the hub's other greenlets like `gevent.sleep(0)`; when callbacks
-    from other threads are waiting, their runners go first, ahead of every
-    greenlet already queued to run (see module docs)."""
-    if waiting is None:
-        waiting = waiting_bridges()
+    from other threads are waiting (`waiting` is this hub's `waiting_bridges()`),
+    their runners go first, ahead of every greenlet already queued to run (see
+    module docs)."""
     parked: list[Waiter] = []
     while waiting:
         try:

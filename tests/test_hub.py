@@ -15,7 +15,7 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from geamqp._hub import HubBridge, cooperate
+from geamqp._hub import HubBridge, cooperate, waiting_bridges
 from geamqp.consumer import Dispatcher
 from geamqp.exceptions import ConnectionClosed
 
@@ -89,7 +89,7 @@ def test_every_connection_of_the_hub_gets_its_thread_callbacks_run(
 def test_cooperate_without_waiting_callbacks_is_a_plain_yield() -> None:
     ran = []
     other = gevent.spawn(ran.append, "other")
-    cooperate()
+    cooperate(waiting_bridges())
     assert ran == ["other"]
     other.join()
 
