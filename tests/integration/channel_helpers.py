@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-import gevent
+from support.broker import wait_until
 
 import geamqp
 from geamqp.exceptions import ChannelClosedByBroker
@@ -60,15 +59,9 @@ class Names:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll `predicate` cooperatively until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
-        gevent.sleep(0.01)
+    """Poll client-side state that has no event, cooperatively, every 10 ms
+    (`support.broker.wait_until` at a finer interval)."""
+    return wait_until(predicate, timeout, interval=0.01, what=what)
 
 
 def drain_queue(ch: geamqp.Channel, queue: str) -> list[bytes]:

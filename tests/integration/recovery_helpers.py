@@ -17,6 +17,7 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult, Event
 from support import broker as broker_ctl
+from support.faultproxy import Changes
 
 import geamqp
 from geamqp.channel import Channel
@@ -27,28 +28,6 @@ FAST: dict[str, Any] = {"recovery_delay_min": 0.05, "recovery_delay_max": 0.5}
 def connect(url: str, **kwargs: Any) -> geamqp.Connection:
     """A recovering connection with small back-off bounds (overridable)."""
     return geamqp.connect(url, **{**FAST, **kwargs})
-
-
-class _Changes:
-    """Wakes every waiter whenever something it watches changes."""
-
-    def __init__(self) -> None:
-        self._event = Event()
-
-    def notify(self) -> None:
-        event, self._event = self._event, Event()
-        event.set()
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-            self._event.wait(remaining)
 
 
 class Watch:
@@ -62,7 +41,7 @@ class Watch:
         self.renamed: list[tuple[str, str]] = []
         self.closed: AsyncResult = AsyncResult()
         self.close_calls = 0
-        self._changes = _Changes()
+        self._changes = Changes()
         conn.add_on_connection_lost_callback(self._on_lost)
         conn.add_on_recovered_callback(self._on_recovered)
         conn.add_on_recovery_failed_callback(self._on_failed)

@@ -20,8 +20,8 @@ from pathlib import Path
 import gevent
 import gevent.subprocess
 import pytest
-from recovery_helpers import _Changes
 from support import broker as broker_ctl
+from support.faultproxy import Changes
 
 import geamqp
 
@@ -33,7 +33,7 @@ class Program:
 
     def __init__(self, script: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.lines: list[str] = []
-        self._changes = _Changes()
+        self._changes = Changes()
         self.process = gevent.subprocess.Popen(
             [sys.executable, str(EXAMPLES / script), *args], stdout=gevent.subprocess.PIPE,
             stderr=gevent.subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})

@@ -78,8 +78,9 @@ def _unsent_bytes(sock: socket.socket) -> int:
     return int(struct.unpack("i", raw)[0])
 
 
-class _Changes:
-    """Wakes every waiter whenever something it watches changes."""
+class Changes:
+    """Wakes every waiter whenever something it watches changes (also used by
+    the recovery tests' Watch)."""
 
     def __init__(self) -> None:
         self._event = Event()
@@ -92,7 +93,8 @@ class _Changes:
         """Block until the next notify() or ``timeout``."""
         self._event.wait(timeout)
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    def wait_for(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        """Block until ``predicate()`` is truthy, re-checking after every notify()."""
         deadline = time.monotonic() + timeout
         while not predicate():
             remaining = deadline - time.monotonic()
@@ -197,8 +199,8 @@ class FaultProxy:
         self._rates: dict[Direction, float | None] = {"to_broker": None, "to_client": None}
         self._refusing: RefuseMode | None = None
         self._trigger: _ResetTrigger | None = None
-        self._settings = _Changes()  # blackhole / throttle / refuse / stop
-        self._progress = _Changes()  # bytes, links, accepts
+        self._settings = Changes()  # blackhole / throttle / refuse / stop
+        self._progress = Changes()  # bytes, links, accepts
         self.bytes_to_broker = 0
         self.bytes_to_client = 0
         self.connections_accepted = 0  # every TCP connection the listener accepted
