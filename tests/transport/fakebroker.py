@@ -488,9 +488,11 @@ class Peer:
         earlier held answer on the same channel) in order once released."""
         if record.channel and isinstance(record.method, C.Channel.Open):
             self.channels[record.channel] = _ChannelState()
-        state = self.channels.get(record.channel)  # before a channel.close forgets it
+        # Taken before a channel.close forgets the channel: its close-ok still queues
+        # behind held answers.
+        state = self.channels.setdefault(record.channel, _ChannelState())
         replies = self._default_reply(record)
-        if state is None or (hold is None and not state.pending):
+        if hold is None and not state.pending:
             self._send_all(record.channel, replies)
         else:
             state.pending.append((hold, replies))
