@@ -201,6 +201,8 @@ class FakeBroker:
         self._scripts: dict[int, Callable[[Peer], None]] = {}
         self._changed = Event()
         self._counter = itertools.count()
+        self._seq = itertools.count()
+        self._last_cleared = -1
         self._pool = Pool()
         self.greenlets = Group()  # helpers the peers spawn
         self._server = StreamServer(("127.0.0.1", 0), self._handle, spawn=self._pool)
@@ -266,7 +268,7 @@ class FakeBroker:
     # ------------------------------------------------------------------ the log
 
     def record(self, **fields: Any) -> Record:
-        record = Record(seq=len(self.log), **fields)
+        record = Record(seq=next(self._seq), **fields)
         self.log.append(record)
         changed, self._changed = self._changed, Event()
         changed.set()
@@ -316,6 +318,16 @@ class FakeBroker:
             if left <= 0 or not changed.wait(left):
                 raise AssertionError(f"{what} not reached within {timeout} s; "
                                      f"last frames: {self.describe(12)}")
+
+    def mark(self) -> int:
+        """The seq of the latest record (-1 if none): pass it as ``after=`` to look
+        only at what comes next."""
+        return self.log[-1].seq if self.log else self._last_cleared
+
+    def clear_log(self) -> None:
+        """Forget the records so far (long runs); sequence numbers keep counting."""
+        self._last_cleared = self.mark()
+        self.log.clear()
 
     def describe(self, last: int | None = None) -> str:
         records = self.log if last is None else self.log[-last:]

@@ -54,7 +54,7 @@ def test_a_protocol_fault_reaches_every_waiter_and_spares_other_connections(
                spawn_catching(conn.channel)]
     bad.wait_for(C.Queue.Declare, count=2)
     bad.wait_for(C.Channel.Open, channel=3)
-    mark = len(bad.log)
+    mark = bad.mark()
     bad.peer(0).send_raw(data)
     errors = [outcome(waiter) for waiter in waiters]
     assert all(isinstance(e, geamqp.ProtocolError) for e in errors), errors
