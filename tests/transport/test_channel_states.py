@@ -16,7 +16,7 @@ import pytest
 from fakebroker import WAIT, FakeBroker, no_reply, reply_after
 from gevent.event import Event
 from pamqp import commands as C
-from peer_helpers import Signals, finished, round_trip, turns
+from peer_helpers import Signals, finished, outcome, round_trip, spawn_catching, turns
 
 import geamqp
 
@@ -48,6 +48,19 @@ def test_broker_close_releases_waiters_and_later_calls_raise_wrong_state(
         assert isinstance(cause, geamqp.ChannelClosedByBroker) and cause.reply_code == 404
     with gevent.Timeout(WAIT):
         ch.close()  # already closed: returns quietly
+    round_trip(conn)
+
+
+def test_client_close_releases_a_waiter_with_channel_closed_by_client(
+        broker: FakeBroker, connect: Any) -> None:
+    conn, _ = connect(broker)
+    ch = conn.channel()
+    broker.on(C.Queue.Declare, no_reply, conn=0, channel=1)
+    waiter = spawn_catching(ch.queue_declare, "never-answered")
+    broker.wait_for(C.Queue.Declare, conn=0, channel=1)
+    with gevent.Timeout(WAIT):
+        ch.close()
+    assert isinstance(outcome(waiter), geamqp.ChannelClosedByClient)
     round_trip(conn)
 
 
