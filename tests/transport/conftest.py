@@ -56,5 +56,5 @@ def connect() -> Iterator[Callable[..., tuple[Any, Signals]]]:
 
     yield open_
     for conn in opened:
-        with contextlib.suppress(Exception, gevent.Timeout), gevent.Timeout(3):
+        with contextlib.suppress(Exception, gevent.Timeout), gevent.Timeout(1):
             conn.close()

@@ -30,13 +30,12 @@ def test_broker_close_releases_waiters_and_later_calls_raise_wrong_state(
         broker: FakeBroker, connect: Any) -> None:
     conn, _ = connect(broker)
     ch = conn.channel()
-    broker.on(C.Queue.Declare, no_reply, conn=0, channel=1)
-    waiter = gevent.spawn(ch.queue_declare, "never-answered")
+    broker.on(C.Queue.Declare, no_reply, conn=0, channel=1, times=1)
+    waiter = spawn_catching(ch.queue_declare, "never-answered")
     broker.wait_for(C.Queue.Declare, conn=0, channel=1)
     broker.peer(0).close_channel(1, 404, "NOT_FOUND - fake")
-    with pytest.raises(geamqp.ChannelClosedByBroker) as waited:
-        finished(waiter)
-    assert waited.value.reply_code == 404
+    waited = outcome(waiter)
+    assert isinstance(waited, geamqp.ChannelClosedByBroker) and waited.reply_code == 404
     broker.wait_for(C.Channel.CloseOk, conn=0, channel=1)
     assert ch.is_closed
     for call in (lambda: ch.queue_declare("x"), lambda: ch.basic_qos(prefetch_count=1),
@@ -55,7 +54,7 @@ def test_client_close_releases_a_waiter_with_channel_closed_by_client(
         broker: FakeBroker, connect: Any) -> None:
     conn, _ = connect(broker)
     ch = conn.channel()
-    broker.on(C.Queue.Declare, no_reply, conn=0, channel=1)
+    broker.on(C.Queue.Declare, no_reply, conn=0, channel=1, times=1)
     waiter = spawn_catching(ch.queue_declare, "never-answered")
     broker.wait_for(C.Queue.Declare, conn=0, channel=1)
     with gevent.Timeout(WAIT):
