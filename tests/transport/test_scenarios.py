@@ -146,13 +146,26 @@ def test_d_a_fault_during_the_reconnect_handshake_is_retried(
 # ---------------------------------------------------------------- E
 
 
+def _interrupted(call: Any, how: str, broker: FakeBroker, sent: type) -> None:
+    """Run `call` and interrupt it as a user would: a 0.2 s gevent.Timeout around it,
+    or greenlet.kill() once the broker has its request."""
+    if how == "timeout":
+        with pytest.raises(gevent.Timeout), gevent.Timeout(0.2):
+            call()
+        return
+    victim = gevent.spawn(call)
+    broker.wait_for(sent, conn=0)
+    victim.kill(block=True, timeout=WAIT)
+    assert victim.dead
+
+
+@pytest.mark.parametrize("how", ["timeout", "kill"])
 def test_e_timeout_around_channel_while_open_ok_is_late(
-        broker: FakeBroker, connect: Any) -> None:
+        broker: FakeBroker, connect: Any, how: str) -> None:
     conn, _ = connect(broker)
     open_ok = Event()
     broker.on(C.Channel.Open, reply_after(open_ok), conn=0, channel=1, times=1)
-    with pytest.raises(gevent.Timeout), gevent.Timeout(0.2):
-        conn.channel()
+    _interrupted(conn.channel, how, broker, C.Channel.Open)
     open_ok.set()
     broker.wait_for(C.Channel.OpenOk, direction="out", conn=0, channel=1)
     broker.wait_for(C.Channel.Close, conn=0, channel=1)  # the half-made channel is closed
@@ -162,15 +175,16 @@ def test_e_timeout_around_channel_while_open_ok_is_late(
         assert reopen.seq > close_ok.seq, "channel 1 reused before its close-ok"
 
 
+@pytest.mark.parametrize("how", ["timeout", "kill"])
 def test_e_timeout_around_basic_consume_while_consume_ok_is_late(
-        broker: FakeBroker, connect: Any) -> None:
+        broker: FakeBroker, connect: Any, how: str) -> None:
     conn, _ = connect(broker)
     ch = conn.channel()
     consume_ok = Event()
     broker.on(C.Basic.Consume, reply_after(consume_ok), conn=0, channel=1)
     called: list[Any] = []
-    with pytest.raises(gevent.Timeout), gevent.Timeout(0.2):
-        ch.basic_consume("q", lambda *a: called.append(a), consumer_tag="orphan")
+    _interrupted(lambda: ch.basic_consume("q", lambda *a: called.append(a),
+                                          consumer_tag="orphan"), how, broker, C.Basic.Consume)
     consume_ok.set()
     broker.wait_for(C.Basic.ConsumeOk, direction="out", conn=0, channel=1)
     peer = broker.peer(0)
