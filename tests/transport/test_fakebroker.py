@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import gevent
 import pytest
-from fakebroker import FakeBroker
+from fakebroker import FakeBroker, reply_after
+from gevent.event import Event
 from pamqp import commands as C
-from peer_helpers import round_trip
+from peer_helpers import outcome, round_trip, spawn_catching
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -52,3 +54,36 @@ def test_a_reconnect_is_a_new_connection_index(broker: FakeBroker, connect: Any)
     broker.peer(0).drop()
     signals.wait("recovered")
     broker.wait_for(C.Channel.Open, conn=1, channel=1)
+
+
+def test_a_held_answer_keeps_later_answers_on_its_channel_behind_it(
+        broker: FakeBroker, connect: Any) -> None:
+    conn, _ = connect(broker)
+    ch = conn.channel()
+    qos_ok = Event()
+    broker.on(C.Basic.Qos, reply_after(qos_ok), conn=0, channel=1)
+    qos = spawn_catching(ch.basic_qos, prefetch_count=1)  # its answer is discarded after close
+    broker.wait_for(C.Basic.Qos, conn=0, channel=1)
+    other = conn.channel()  # another channel is not held up
+    assert other.queue_declare("free").queue == "free"
+    closer = gevent.spawn(ch.close)
+    broker.wait_for(C.Channel.Close, conn=0, channel=1)
+    assert broker.frames(C.Channel.CloseOk, direction="out", channel=1) == []
+    qos_ok.set()
+    closer.join(2)
+    outcome(qos)
+    sent = [r.name for r in broker.frames(direction="out", conn=0, channel=1)]
+    assert sent[-2:] == ["Basic.QosOk", "Channel.CloseOk"]
+
+
+def test_hold_and_refuse_connections(broker: FakeBroker, connect: Any) -> None:
+    _, signals = connect(broker)
+    broker.refuse(1)
+    release = broker.hold(2)
+    broker.peer(0).drop()
+    broker.peer(2)
+    assert broker.peer(1).gone.is_set()
+    assert signals.count("recovered") == 0
+    release.set()
+    signals.wait("recovered")
+    assert len(broker.peers) == 3
