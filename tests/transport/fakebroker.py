@@ -72,7 +72,7 @@ __all__ = [
     "send_bytes",
 ]
 
-WAIT = 2.0  # default bound, in seconds, of every wait on the peer
+WAIT = 1.5  # default bound, in seconds, of every wait on the peer
 
 Handler = Callable[[Peer, Record], None]
 
