@@ -13,19 +13,17 @@ method. Rules, after the Java client's automatic recovery:
 - Server-named queues keep their record under their current name; after a
   reconnect they get a new name (`rename`), and their bindings and consumers
   follow.
-- Consumers live on their channels (`Channel._consumers`); the topology only
-  decides whether their queue still exists.
+- Consumers live on their channels; the topology only decides whether their
+  queue still exists (the connection tells it when a queue loses its last
+  consumer, and renames consumers itself).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .protocol.spec import Exchange, Method, Queue
-
-if TYPE_CHECKING:
-    from .channel import Channel
 
 __all__ = ["BindingRecord", "ExchangeRecord", "QueueRecord", "Topology"]
 
@@ -91,7 +89,7 @@ class Topology:
         self.queues: dict[str, QueueRecord] = {}
         self.bindings: dict[tuple[bool, str, str, str, str], BindingRecord] = {}
 
-    def on_reply(self, channel: Channel, method: Method, reply: Any) -> None:
+    def on_reply(self, method: Method, reply: Any) -> None:
         """Record what a successful request changed."""
         kind = type(method)
         if kind is Queue.Declare:
@@ -138,17 +136,16 @@ class Topology:
             if binding.source == name or (binding.to_exchange and binding.destination == name):
                 del self.bindings[key]
 
-    def on_consumer_gone(self, queue: str, channels: list[Channel]) -> None:
+    def on_consumer_gone(self, queue: str, still_consumed: bool) -> None:
         """A consumer was cancelled: an auto-delete queue with no consumers left is gone."""
         record = self.queues.get(queue)
-        if record is None or not record.auto_delete:
-            return
-        if any(c.queue == queue for ch in channels for c in ch._consumers.values()):
+        if record is None or not record.auto_delete or still_consumed:
             return
         self.forget_queue(queue)
 
-    def rename(self, old: str, new: str, channels: list[Channel]) -> None:
-        """A server-named queue came back as `new`: move its record, bindings, consumers."""
+    def rename(self, old: str, new: str) -> None:
+        """A server-named queue came back as `new`: move its record and bindings
+        (the connection moves its consumers)."""
         record = self.queues.pop(old)
         record.name = new
         self.queues[new] = record
@@ -157,7 +154,3 @@ class Topology:
                 del self.bindings[key]
                 binding.destination = new
                 self.bindings[binding.key()] = binding
-        for channel in channels:
-            for consumer in channel._consumers.values():
-                if consumer.queue == old:
-                    consumer.queue = new

@@ -42,10 +42,14 @@ log = logging.getLogger("geamqp.transport")
 
 RECV_SIZE = 64 * 1024
 _CLOSE_GRACE = 5.0  # seconds to wait for close-ok after a protocol error
-_HIGH_WATER_FRAMES = 2000  # queued publishes before a publisher waits for the writer
+# Bytes of publishes queued for the writer before a publisher waits for it: bounds
+# the memory a fast publisher can pin (bodies plus the one joined copy the send
+# makes) whatever the message size, and is large enough that small messages
+# still leave in big batches (one syscall for thousands).
+HIGH_WATER_BYTES = 4 * 1024 * 1024
 
 
-def open_socket(params: ConnectionParameters, deadline: float) -> Any:
+def open_socket(params: ConnectionParameters, deadline: float | None) -> Any:
     """Resolve (through gevent), connect with socket_timeout, wrap in TLS when asked."""
     try:
         infos = socket.getaddrinfo(params.host, params.port, 0, socket.SOCK_STREAM)
@@ -54,7 +58,10 @@ def open_socket(params: ConnectionParameters, deadline: float) -> Any:
     errors = []
     for family, kind, proto, _name, addr in infos:
         sock = socket.socket(family, kind, proto)
-        sock.settimeout(min(params.socket_timeout, max(0.001, deadline - time.monotonic())))
+        limits = [t for t in (params.socket_timeout,
+                              None if deadline is None else deadline - time.monotonic())
+                  if t is not None]
+        sock.settimeout(max(0.001, min(limits)) if limits else None)
         try:
             sock.connect(addr)
         except OSError as exc:
@@ -102,7 +109,7 @@ class Transport:
 
     def __init__(self, sock: Any, engine: AMQPConnection,
                  on_events: Callable[[list[ev.Event]], None],
-                 on_lost: Callable[[AMQPError], None], write_timeout: float) -> None:
+                 on_lost: Callable[[AMQPError], None], write_timeout: float | None) -> None:
         self._sock = sock
         self._engine = engine
         self._on_events = on_events
@@ -133,7 +140,7 @@ class Transport:
         """Back-pressure for publishers: when many frames wait for the writer (the
         broker reads slower than we publish), wait until the writer has sent them.
         Raises the transport's error when the link fails meanwhile."""
-        if len(self._engine._out) >= _HIGH_WATER_FRAMES and not self._closing:
+        if self._engine.pending_bytes >= HIGH_WATER_BYTES and not self._closing:
             self._flushed.clear()
             self.kick()
             self._flushed.wait()
@@ -187,7 +194,7 @@ class Transport:
             return
         finally:
             self._sending = False
-        if self._engine._out:  # queued by others while we were sending
+        if self._engine.has_output:  # queued by others while we were sending
             self.kick()
 
     def _new_turn(self) -> None:
@@ -217,7 +224,7 @@ class Transport:
                     finally:
                         self._sending = False
                 self._flushed.set()
-                if self._closing and not engine._out:
+                if self._closing and not engine.has_output:
                     self._shut_socket()
                     return
         except OSError as exc:
@@ -250,7 +257,7 @@ class Transport:
                 return
             if events:
                 self._on_events(events)
-            if engine._out:  # replies nobody asked for (close-ok, flow-ok) or acks
+            if engine.has_output:  # replies nobody asked for (close-ok, flow-ok) or acks
                 self.kick()
             if not data:
                 return
@@ -301,7 +308,7 @@ class Transport:
             events = engine.tick(time.monotonic())
             if events:
                 self._on_events(events)
-            if engine._out:  # a heartbeat was queued: wake the writer only then
+            if engine.has_output:  # a heartbeat was queued: wake the writer only then
                 self.kick()
             gevent.sleep(period)
 

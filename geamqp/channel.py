@@ -1,16 +1,24 @@
 """The Channel API: pika's method names and defaults, blocking only the calling greenlet.
 
 Rules:
-- Synchronous methods are pipelined: each caller appends its waiter and its
-  frame in one step (no yield between), and the broker answers a channel's
-  requests in order, so the oldest waiter takes the next reply. Any number of
-  greenlets may share a channel.
+- The channel's lifecycle is the table of `_channel_state.py`; `_transition`
+  is the only writer of `_state`. What each public call does in each state is
+  `CALLS_BY_STATE` there (and the README's Recovery section).
+- Synchronous methods are pipelined: each caller appends its request and
+  queues its frame in one step (no yield between), and the broker answers a
+  channel's requests in order, so the oldest request takes the next reply.
+  What a reply changes (topology, qos, confirm mode, a consumer going live)
+  is applied by the reader when the reply arrives, not by the caller — so a
+  caller interrupted by `gevent.Timeout` or `kill()` leaves nothing half-made:
+  an abandoned channel.open is closed, an abandoned consumer is cancelled.
 - Deliveries flow as soon as `basic_consume` returns; callbacks run in the
-  channel's dispatcher greenlet (see consumer.py). `start_consuming` only
-  blocks its caller.
-- When the channel closes, every waiter, every pending confirmation and every
-  later call raises the closing exception (`ChannelClosedByBroker(code, text)`,
-  `ChannelClosedByClient`, or the connection's).
+  channel's dispatcher greenlet (see consumer.py).
+- When the channel closes, every waiter and every pending confirmation get the
+  closing exception (`ChannelClosedByBroker(code, text)`, `ChannelClosedByClient`,
+  or the connection's); later calls raise `ChannelWrongStateError` whose
+  `__cause__` is that exception.
+- The module functions at the end (`suspend`, `begin_restore`, ...) are the
+  named interface through which connection.py and recovery.py drive a channel.
 """
 
 from __future__ import annotations
@@ -20,13 +28,14 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 from gevent.event import AsyncResult, Event
 from gevent.queue import Empty, Queue
 
-from ._hub import make_threadsafe
+from ._channel_state import ChannelEvent, ChannelState, next_state
+from ._hub import HubBridge, make_threadsafe
 from .consumer import Confirmation, Consumer, Dispatcher, OnMessage, ReturnedMessage
 from .exceptions import (
     AMQPError,
@@ -36,18 +45,18 @@ from .exceptions import (
     ConsumerCancelled,
     DuplicateConsumerTag,
     NackError,
+    PublishOutcomeUnknown,
     UnroutableError,
 )
 from .protocol.properties import BasicProperties
 from .protocol.spec import Basic, Confirm, Exchange, Method, Tx
 from .protocol.spec import Channel as ChannelSpec
 from .protocol.spec import Queue as Q
-from .recovery import ChannelRecovery
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from ._link import Link
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "ChannelHost"]
 
 log = logging.getLogger("geamqp.channel")
 
@@ -56,28 +65,67 @@ _tag_counter = itertools.count(1)
 # them distinct across processes in the management UI (no urandom per consumer).
 _TAG_SUFFIX = uuid.uuid4().hex[:16]
 
+OPENING, OPEN, CLOSING, CLOSED = (ChannelState.OPENING, ChannelState.OPEN,
+                                  ChannelState.CLOSING, ChannelState.CLOSED)
+SUSPENDED, RESTORING = ChannelState.SUSPENDED, ChannelState.RESTORING
+
 
 def _new_tag() -> str:
     return f"ctag{next(_tag_counter)}.{_TAG_SUFFIX}"
-_OPENING, _OPEN, _CLOSING, _CLOSED = "opening", "open", "closing", "closed"
-# While the supervisor reconnects: suspended, then being restored (see recovery.py).
-_RECOVERING, _RESTORING = "recovering", "restoring"
 
 
-class Channel(ChannelRecovery):
+def _require_str(*names_and_values: Any) -> None:
+    """TypeError naming the first argument that is not a str (before anything is sent:
+    the encoder would fail deep inside, or send garbage)."""
+    for name, value in zip(names_and_values[::2], names_and_values[1::2], strict=True):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+
+
+class ChannelHost(Protocol):
+    """What a channel needs from its connection (implemented in connection.py)."""
+
+    connection: Any  # the Connection, as users see it (`channel.connection`)
+    bridge: HubBridge
+
+    def wait_recovered(self) -> None: ...
+    def wait_unblocked(self) -> None: ...
+    def record(self, method: Method, reply: Any) -> None: ...
+    def consumer_gone(self, queue: str) -> None: ...
+    def run_callback(self, fn: Callable[..., Any], *args: Any) -> None: ...
+    def channel_ended(self, channel: Channel) -> None: ...
+
+
+class _Request:
+    """One request awaiting its reply. `effect(reply)` runs in the reader when the
+    reply arrives, whether or not anyone still waits for `result`."""
+
+    __slots__ = ("effect", "method", "replies", "result")
+
+    def __init__(self, method: Method | None, replies: tuple[type[Method], ...],
+                 effect: Callable[[Any], None] | None) -> None:
+        self.method = method
+        self.replies = replies
+        self.effect = effect
+        self.result: AsyncResult = AsyncResult()
+
+
+class Channel:
     """One AMQP channel on a `Connection`. Create with `connection.channel()`."""
 
-    def __init__(self, connection: Connection, number: int) -> None:
-        self.connection = connection
-        self.channel_number = number
-        self._bridge = connection._bridge  # for the thread-safety wrapper of every method
-        self._state = _OPENING
-        self._error: AMQPError | None = None
-        self._waiters: deque[tuple[tuple[type[Method], ...], AsyncResult]] = deque()
+    def __init__(self, host: ChannelHost, link: Link) -> None:
+        self.connection = host.connection
+        self.channel_number = 0
+        self._host = host
+        self._link = link
+        self._bridge = host.bridge  # for the thread-safety wrapper of every method
+        self._state = OPENING
+        self._error: AMQPError | None = None  # why it closed
+        self._requests: deque[_Request] = deque()
         self._consumers: dict[str, Consumer] = {}
         self._confirms: dict[int, Confirmation] = {}
         self._confirm_mode = False
-        self._dispatcher = Dispatcher(f"geamqp-channel-{number}")
+        self._dispatcher = Dispatcher(f"geamqp-channel-{id(self):x}")
         self._return_callbacks: list[Callable[..., Any]] = []
         self._cancel_callbacks: list[Callable[..., Any]] = []
         self._close_callbacks: list[Callable[..., Any]] = []
@@ -92,35 +140,65 @@ class Channel(ChannelRecovery):
         self._closer: gevent.Greenlet | None = None  # the greenlet inside close()
 
     def __repr__(self) -> str:
-        return f"<Channel number={self.channel_number} {self._state}>"
+        return f"<Channel number={self.channel_number} {self._state.value}>"
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ state
 
+    def _transition(self, event: ChannelEvent) -> bool:
+        """The only writer of `_state`; True when `event` changed it."""
+        new = next_state(self._state, event)
+        if new is None:
+            return False
+        log.debug("channel %s: %s -> %s (%s)", self.channel_number, self._state.value,
+                  new.value, event.name)
+        self._state = new
+        return True
+
+    @property
+    def state(self) -> ChannelState:
+        return self._state
+
     @property
     def is_open(self) -> bool:
-        return self._state == _OPEN
+        return self._state is OPEN
 
     @property
     def is_closed(self) -> bool:
-        return self._state == _CLOSED
+        return self._state is CLOSED
 
     @property
     def is_closing(self) -> bool:
-        return self._state == _CLOSING
+        return self._state is CLOSING
 
     @property
     def consumer_tags(self) -> list[str]:
-        return list(self._consumers)
+        return [tag for tag, c in self._consumers.items() if not c.orphaned]
 
-    def _check_open(self) -> None:
-        if self._state != _OPEN:
-            if self._state in (_RECOVERING, _RESTORING):
-                self.connection._wait_recovered()
-                if self._state == _OPEN:
-                    return
-            if self._error is not None:
-                raise self._error
-            raise ChannelWrongStateError(f"channel {self.channel_number} is {self._state}")
+    def _accepting(self) -> bool:
+        """Deliveries go to callbacks (OPEN, or RESTORING once a consumer is back)."""
+        state = self._state
+        return state is OPEN or state is RESTORING
+
+    def _await_open(self) -> None:
+        """Return when the channel is OPEN; wait out a recovery; raise otherwise."""
+        if self._state is OPEN:
+            return
+        if self._state is SUSPENDED or self._state is RESTORING:
+            self._host.wait_recovered()
+            if self._state is OPEN:
+                return
+        raise self._wrong_state()
+
+    def _wrong_state(self) -> ChannelWrongStateError:
+        error = ChannelWrongStateError(f"channel {self.channel_number} is {self._state.value}")
+        error.__cause__ = self._error
+        return error
 
     def add_on_close_callback(self, callback: Callable[[Channel, AMQPError], Any]) -> None:
         """`callback(channel, exception)` when the channel closes, for any reason."""
@@ -135,48 +213,57 @@ class Channel(ChannelRecovery):
         """`callback(method_frame)` when the broker cancels one of this channel's consumers."""
         self._cancel_callbacks.append(callback)
 
-    # ------------------------------------------------------------------ RPC plumbing
+    # ------------------------------------------------------------------ requests
 
-    def _send(self, method: Method) -> None:
-        self.connection._engine.send_method(self.channel_number, method)
-        self.connection._kick()
+    def _rpc(self, method: Method, effect: Callable[[Any], None] | None = None) -> Any:
+        if self._state is not OPEN:
+            self._await_open()
+        return self._call(method, method.RESPONSES, effect)
 
-    def _rpc(self, method: Method, replies: tuple[type[Method], ...] | None = None) -> Any:
-        self._check_open()
-        return self._rpc_unchecked(method, replies or method.RESPONSES)
+    def _call(self, method: Method, replies: tuple[type[Method], ...],
+              effect: Callable[[Any], None] | None) -> Any:
+        request = self._send_request(method, replies, effect)
+        self._link.request_flush()
+        return request.result.get()
 
-    def _rpc_unchecked(self, method: Method, replies: tuple[type[Method], ...]) -> Any:
-        waiter = AsyncResult()
-        self._waiters.append((replies, waiter))
+    def _send_request(self, method: Method, replies: tuple[type[Method], ...],
+                      effect: Callable[[Any], None] | None) -> _Request:
+        """Queue `method` and its request in one step (no yield)."""
+        request = _Request(method, replies, effect)
+        self._link.request(self.channel_number, method)
+        self._requests.append(request)
         log.debug("channel %s: sent %s", self.channel_number, method.NAME)
-        try:
-            conn = self.connection
-            conn._engine.send_method(self.channel_number, method)
-            conn._transport.write_now()
-        except BaseException:
-            self._waiters.remove((replies, waiter))
-            raise
-        reply = waiter.get()
-        log.debug("channel %s: %s answered", self.channel_number, method.NAME)
-        self.connection._topology.on_reply(self, method, reply)
-        return reply
+        return request
 
-    # ------------------------------------------------------------------ events (reader)
+    def _resolve(self, reply: Any, value: Any = None) -> None:
+        """Give `reply` to the oldest request expecting it, applying its effect."""
+        requests = self._requests
+        if not requests or type(reply) not in requests[0].replies:
+            log.warning("channel %s: unexpected %s dropped", self.channel_number, reply.NAME)
+            return
+        request = requests.popleft()
+        if request.method is not None:
+            log.debug("channel %s: %s answered", self.channel_number, request.method.NAME)
+            self._host.record(request.method, reply)
+        if request.effect is not None:
+            try:
+                request.effect(reply)
+            except Exception:
+                log.exception("channel %s: applying %s failed", self.channel_number, reply.NAME)
+        request.result.set(reply if value is None else value)
 
-    def _on_opened(self) -> None:
-        if self._state == _OPENING:
-            self._state = _OPEN
+    def _release_requests(self, error: AMQPError) -> None:
+        """Every request still waiting for a reply fails with `error`."""
+        requests, self._requests = self._requests, deque()
+        for request in requests:
+            request.result.set_exception(error)
+
+    # ------------------------------------------------------------------ events (the link)
+
+    def on_link_opened(self) -> None:
         self._resolve(ChannelSpec.OpenOk())
 
-    def _resolve(self, method: Any, value: Any = None) -> None:
-        """Give `method` (a reply) to the oldest waiter expecting it."""
-        if self._waiters and type(method) in self._waiters[0][0]:
-            _, waiter = self._waiters.popleft()
-            waiter.set(method if value is None else value)
-            return
-        log.warning("channel %s: unexpected %s dropped", self.channel_number, method.NAME)
-
-    def _on_method(self, method: Method) -> None:
+    def on_link_method(self, method: Method) -> None:
         kind = type(method)
         if kind is Basic.Ack:
             self._on_confirm(method.delivery_tag, method.multiple, True)  # type: ignore[attr-defined]
@@ -190,17 +277,15 @@ class Channel(ChannelRecovery):
         else:
             self._resolve(method)
 
-    def _on_content(self, method: Method, properties: BasicProperties, body: bytes) -> None:
+    def on_link_content(self, method: Method, properties: BasicProperties, body: bytes) -> None:
         kind = type(method)
         if kind is Basic.Deliver:
             if self._tag_offset:
                 method.delivery_tag += self._tag_offset  # type: ignore[attr-defined]
             self._last_tag = method.delivery_tag  # type: ignore[attr-defined]
-            tag = method.consumer_tag  # type: ignore[attr-defined]
-            consumer = self._consumers.get(tag)
-            if consumer is None:
-                log.warning("channel %s: delivery for unknown consumer %r dropped",
-                            self.channel_number, tag)
+            consumer = self._consumers.get(method.consumer_tag)  # type: ignore[attr-defined]
+            if consumer is None or consumer.orphaned:
+                self._unclaimed(consumer, method)  # type: ignore[arg-type]
             elif consumer.sink is not None:
                 consumer.sink.put((method, properties, body))
             else:
@@ -212,6 +297,23 @@ class Channel(ChannelRecovery):
             self._resolve(method, (method, properties, body))
         elif kind is Basic.Return:
             self._on_return(method, properties, body)  # type: ignore[arg-type]
+
+    def _unclaimed(self, consumer: Consumer | None, method: Basic.Deliver) -> None:
+        """A delivery nobody will handle: give a manual-ack one back to the broker."""
+        if consumer is None:
+            log.warning("channel %s: delivery for unknown consumer %r dropped",
+                        self.channel_number, method.consumer_tag)
+        elif not consumer.auto_ack and self._state is OPEN:
+            self._link.send(self.channel_number,
+                            Basic.Reject(method.delivery_tag - self._tag_offset, True))
+
+    def on_link_closed(self, reply_code: int, reply_text: str, by_peer: bool) -> None:
+        error: AMQPError
+        if by_peer:
+            error = ChannelClosedByBroker(reply_code, reply_text)
+        else:
+            error = self._error or ChannelClosedByClient(reply_code, reply_text)
+        self._end(error)
 
     def _on_return(self, method: Basic.Return, properties: BasicProperties, body: bytes) -> None:
         returned = ReturnedMessage(method, properties, body)
@@ -237,39 +339,43 @@ class Channel(ChannelRecovery):
         for seq in done:
             confirmation = confirms.pop(seq)
             if acked:
-                confirmation._ack()
+                confirmation.set_acked()
             else:
-                confirmation._nack()
+                confirmation.set_nacked()
         if not confirms:
             self._consuming.set()
 
     def _on_broker_cancel(self, method: Basic.Cancel) -> None:
-        tag = method.consumer_tag
-        consumer = self._consumers.pop(tag, None)
-        log.info("channel %s: broker cancelled consumer %r", self.channel_number, tag)
-        if consumer is not None:
-            self._consumer_gone(consumer)
-            if consumer.sink is not None:
-                consumer.sink.put(ConsumerCancelled(f"consumer {tag!r} was cancelled by the "
-                                                    "broker"))
-            else:
-                self._dispatcher.submit(consumer.drain)
+        log.info("channel %s: broker cancelled consumer %r", self.channel_number,
+                 method.consumer_tag)
+        self._remove_consumer(method.consumer_tag, ConsumerCancelled(
+            f"consumer {method.consumer_tag!r} was cancelled by the broker"))
         for callback in self._cancel_callbacks:
             self._dispatcher.submit(callback, method)
+
+    def _remove_consumer(self, tag: str, reason: BaseException | type[StopIteration]) -> None:
+        """The one way a consumer ends (cancelled by us or the broker, or its queue is
+        gone): a `consume()` generator gets `reason`; callbacks already queued or
+        running still finish."""
+        consumer = self._consumers.pop(tag, None)
+        if consumer is not None:
+            self._host.consumer_gone(consumer.queue)
+            if consumer.sink is not None:
+                consumer.sink.put(reason)
+            else:
+                self._dispatcher.submit(consumer.drain)
         self._consuming.set()
 
-    def _on_closed(self, error: AMQPError) -> None:
-        """The channel is closed (by the broker, by us, or with its connection)."""
-        if self._state == _CLOSED:
+    def _end(self, error: AMQPError, event: ChannelEvent = ChannelEvent.ENDED) -> None:
+        """The channel is closed for good (by the broker, by us, with its connection,
+        or — `event` LINK_LOST — lost while opening or closing)."""
+        if not self._transition(event) or self._state is not CLOSED:
             return
-        self._state = _CLOSED
         self._error = error
-        waiters, self._waiters = self._waiters, deque()
-        for _, waiter in waiters:
-            waiter.set_exception(error)
+        self._release_requests(error)
         confirms, self._confirms = self._confirms, {}
         for confirmation in confirms.values():
-            confirmation._fail(error)
+            confirmation.set_failed(error)
         # The dispatcher first: parked in a full pool's spawn(), it would start one
         # more callback in the slot that killing the pool frees.
         self._dispatcher.stop(spare=self._closer)
@@ -280,35 +386,44 @@ class Channel(ChannelRecovery):
             consumer.stop()
         self._consuming.set()
         self._closed_event.set()
+        self._link.detach(self.channel_number, self)
+        self._host.channel_ended(self)
         log.log(logging.INFO if isinstance(error, ChannelClosedByBroker) else logging.DEBUG,
                 "channel %s closed: %s", self.channel_number, error)
-        # Everything held for the channel is released above: queued deliveries and
-        # any callback still running (it could not ack or publish on a closed channel
-        # anyway). The close callbacks run in the connection's dispatcher instead.
+        # Callbacks still running are released above (they could not ack or publish
+        # on a closed channel anyway); the close callbacks run in the connection's
+        # dispatcher instead.
         for callback in self._close_callbacks:
-            self.connection._dispatcher.submit(callback, self, error)
+            self._host.run_callback(callback, self, error)
 
     # ------------------------------------------------------------------ lifecycle
 
     def close(self, reply_code: int = 200, reply_text: str = "Normal shutdown") -> None:
-        """Close the channel; blocks until the broker confirms (close-ok)."""
-        if self._state in (_CLOSED, _CLOSING):
-            if self._state == _CLOSING:
-                self._wait_closed()
+        """Close the channel; blocks until the broker confirms (close-ok). Closing a
+        closed channel does nothing (see README: pika raises there, geamqp.pika too)."""
+        state = self._state
+        if state is CLOSED:
             return
-        self._state = _CLOSING
+        if state is CLOSING:
+            self._closed_event.wait()
+            return
         self._closer = gevent.getcurrent()
         self._error = ChannelClosedByClient(reply_code, reply_text)
-        conn = self.connection
-        if conn._engine.is_open:
-            conn._engine.close_channel(self.channel_number, reply_code, reply_text)
-            conn._kick()
-            self._wait_closed()
-        else:
-            self._on_closed(self._error)
-
-    def _wait_closed(self) -> None:
+        if state is SUSPENDED:
+            self._end(self._error)
+            return
+        self._begin_close(reply_code, reply_text)
         self._closed_event.wait()
+
+    def _begin_close(self, reply_code: int, reply_text: str) -> None:
+        """OPENING/OPEN/RESTORING -> CLOSING: send channel.close; the broker drops
+        replies to earlier requests now, so their waiters are released at once."""
+        error = self._error or ChannelClosedByClient(reply_code, reply_text)
+        self._error = error
+        self._transition(ChannelEvent.CLOSE)
+        self._release_requests(error)
+        if not self._link.close_channel(self.channel_number, reply_code, reply_text):
+            self._end(error)
 
     # ------------------------------------------------------------------ exchanges and queues
 
@@ -316,52 +431,71 @@ class Channel(ChannelRecovery):
                          passive: bool = False, durable: bool = False,
                          auto_delete: bool = False, internal: bool = False,
                          arguments: dict[str, Any] | None = None) -> Exchange.DeclareOk:
+        _require_str("exchange", exchange, "exchange_type", exchange_type)
         return self._rpc(Exchange.Declare(0, exchange, exchange_type, passive, durable,  # type: ignore[no-any-return]
                                           auto_delete, internal, False, arguments))
 
     def exchange_delete(self, exchange: str, if_unused: bool = False) -> Exchange.DeleteOk:
+        _require_str("exchange", exchange)
         return self._rpc(Exchange.Delete(0, exchange, if_unused))  # type: ignore[no-any-return]
 
     def exchange_bind(self, destination: str, source: str, routing_key: str = "",
                       arguments: dict[str, Any] | None = None) -> Exchange.BindOk:
+        _require_str("destination", destination, "source", source, "routing_key", routing_key)
         return self._rpc(Exchange.Bind(0, destination, source, routing_key, False,  # type: ignore[no-any-return]
                                        arguments))
 
     def exchange_unbind(self, destination: str, source: str, routing_key: str = "",
                         arguments: dict[str, Any] | None = None) -> Exchange.UnbindOk:
+        _require_str("destination", destination, "source", source, "routing_key", routing_key)
         return self._rpc(Exchange.Unbind(0, destination, source, routing_key, False,  # type: ignore[no-any-return]
                                          arguments))
 
     def queue_declare(self, queue: str = "", passive: bool = False, durable: bool = False,
                       exclusive: bool = False, auto_delete: bool = False,
                       arguments: dict[str, Any] | None = None) -> Q.DeclareOk:
+        _require_str("queue", queue)
         return self._rpc(Q.Declare(0, queue, passive, durable, exclusive, auto_delete,  # type: ignore[no-any-return]
                                    False, arguments))
 
     def queue_bind(self, queue: str, exchange: str, routing_key: str | None = None,
                    arguments: dict[str, Any] | None = None) -> Q.BindOk:
         key = queue if routing_key is None else routing_key
+        _require_str("queue", queue, "exchange", exchange, "routing_key", key)
         return self._rpc(Q.Bind(0, queue, exchange, key, False, arguments))  # type: ignore[no-any-return]
 
     def queue_unbind(self, queue: str, exchange: str, routing_key: str | None = None,
                      arguments: dict[str, Any] | None = None) -> Q.UnbindOk:
         key = queue if routing_key is None else routing_key
+        _require_str("queue", queue, "exchange", exchange, "routing_key", key)
         return self._rpc(Q.Unbind(0, queue, exchange, key, arguments))  # type: ignore[no-any-return]
 
     def queue_purge(self, queue: str) -> Q.PurgeOk:
+        _require_str("queue", queue)
         return self._rpc(Q.Purge(0, queue))  # type: ignore[no-any-return]
 
     def queue_delete(self, queue: str, if_unused: bool = False,
                      if_empty: bool = False) -> Q.DeleteOk:
+        _require_str("queue", queue)
         return self._rpc(Q.Delete(0, queue, if_unused, if_empty))  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ basic
 
     def basic_qos(self, prefetch_size: int = 0, prefetch_count: int = 0,
                   global_qos: bool = False) -> Basic.QosOk:
-        ok = self._rpc(Basic.Qos(prefetch_size, prefetch_count, global_qos))
-        self._qos = (prefetch_size, prefetch_count, global_qos)
-        return ok  # type: ignore[no-any-return]
+        def keep(_reply: Any) -> None:
+            self._qos = (prefetch_size, prefetch_count, global_qos)
+            # With a prefetch limit the broker bounds the backlog: no warning needed.
+            self._dispatcher.warn_at = 0 if prefetch_count else Dispatcher.WARN_PENDING
+
+        return self._rpc(Basic.Qos(prefetch_size, prefetch_count, global_qos), keep)  # type: ignore[no-any-return]
+
+    def flow(self, active: bool) -> bool:
+        """channel.flow: ask the broker to pause (False) or resume (True) deliveries;
+        returns the state it confirms. RabbitMQ refuses active=False (540, closing
+        the connection): pause consumers with basic_qos or basic_cancel instead."""
+        ok = self._rpc(ChannelSpec.Flow(active))
+        return bool(ok.active)
 
     def basic_recover(self, requeue: bool = False) -> Basic.RecoverOk:
         return self._rpc(Basic.Recover(requeue))  # type: ignore[no-any-return]
@@ -370,17 +504,21 @@ class Channel(ChannelRecovery):
         """Enable publisher confirms: publishes then block until acked (or use wait=False)."""
         if self._confirm_mode:
             return
-        self._rpc(Confirm.Select())
-        self._confirm_mode = True
+
+        def keep(_reply: Any) -> None:
+            self._confirm_mode = True
+
+        self._rpc(Confirm.Select(), keep)
 
     @property
     def publisher_confirms(self) -> bool:
         return self._confirm_mode
 
     def tx_select(self) -> Tx.SelectOk:
-        ok = self._rpc(Tx.Select())
-        self._tx_mode = True
-        return ok  # type: ignore[no-any-return]
+        def keep(_reply: Any) -> None:
+            self._tx_mode = True
+
+        return self._rpc(Tx.Select(), keep)  # type: ignore[no-any-return]
 
     def tx_commit(self) -> Tx.CommitOk:
         return self._rpc(Tx.Commit())  # type: ignore[no-any-return]
@@ -398,16 +536,23 @@ class Channel(ChannelRecovery):
         `NackError` / `UnroutableError`), or with ``wait=False`` returns the
         `Confirmation` future at once.
         """
-        conn = self.connection
-        if self._state != _OPEN:
-            self._check_open()
+        if self._state is not OPEN:
+            self._await_open()
         if isinstance(body, str):
             body = body.encode("utf-8")
-        if conn._blocked:
-            conn._wait_unblocked()
-            self._check_open()
-        seqno = conn._engine.publish(self.channel_number, exchange, routing_key, body,
-                                     properties, mandatory)
+        link = self._link
+        if link.blocked:
+            self._host.wait_unblocked()
+            self._await_open()
+            link = self._link
+        try:
+            seqno = link.publish(self.channel_number, exchange, routing_key, body, properties,
+                                 mandatory)
+        except (AttributeError, TypeError):  # free on the hot path until it happens
+            _require_str("exchange", exchange, "routing_key", routing_key)
+            if not isinstance(body, (bytes, bytearray, memoryview)):
+                raise TypeError(f"body must be bytes or str, not {type(body).__name__}") from None
+            raise
         confirmation = None
         if seqno:
             # Registered before anything can yield: the ack, or the channel's
@@ -415,9 +560,7 @@ class Channel(ChannelRecovery):
             confirmation = Confirmation(seqno, exchange, routing_key, body, properties,
                                         mandatory)
             self._confirms[seqno] = confirmation
-        transport = conn._transport
-        transport.throttle()
-        transport.write_now()
+        link.push()
         if confirmation is None:
             return None
         if wait:
@@ -450,35 +593,45 @@ class Channel(ChannelRecovery):
             raise NackError(nacked)
         return True
 
+    def _wire_tag(self, delivery_tag: int, multiple: bool) -> int:
+        """The tag on the current link for a user-visible tag; -1 when the message
+        belongs to a lost connection (the broker requeued it and redelivers it)."""
+        state = self._state
+        if state is not OPEN and state is not RESTORING:
+            if state is SUSPENDED:
+                return -1
+            raise self._wrong_state()
+        offset = self._tag_offset
+        if not offset or delivery_tag > offset:
+            return delivery_tag - offset
+        if multiple and delivery_tag == 0:
+            return 0  # "everything so far" on this connection
+        log.debug("channel %s: ack/nack/reject of delivery tag %s from before the "
+                  "reconnect dropped; the broker redelivers that message",
+                  self.channel_number, delivery_tag)
+        return -1
+
     def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
-        if self._state != _OPEN:
-            self._check_open()
-        if self._tag_offset:
-            delivery_tag = self._current_tag(delivery_tag, multiple)
+        if self._state is not OPEN or self._tag_offset:
+            delivery_tag = self._wire_tag(delivery_tag, multiple)
             if delivery_tag < 0:
                 return
-        self.connection._engine.ack(self.channel_number, delivery_tag, multiple)
-        self.connection._kick()
+        self._link.ack(self.channel_number, delivery_tag, multiple)
 
     def basic_nack(self, delivery_tag: int = 0, multiple: bool = False,
                    requeue: bool = True) -> None:
-        self._check_open()
-        if self._tag_offset:
-            delivery_tag = self._current_tag(delivery_tag, multiple)
-            if delivery_tag < 0:
-                return
-        self._send(Basic.Nack(delivery_tag, multiple, requeue))
+        tag = self._wire_tag(delivery_tag, multiple)
+        if tag >= 0:
+            self._link.send(self.channel_number, Basic.Nack(tag, multiple, requeue))
 
     def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
-        self._check_open()
-        if self._tag_offset:
-            delivery_tag = self._current_tag(delivery_tag, False)
-            if delivery_tag < 0:
-                return
-        self._send(Basic.Reject(delivery_tag, requeue))
+        tag = self._wire_tag(delivery_tag, False)
+        if tag >= 0:
+            self._link.send(self.channel_number, Basic.Reject(tag, requeue))
 
     def basic_get(self, queue: str, auto_ack: bool = False) -> tuple[Any, Any, Any]:
         """One message from `queue`: (method, properties, body), or (None, None, None)."""
+        _require_str("queue", queue)
         reply = self._rpc(Basic.Get(0, queue, auto_ack))
         if isinstance(reply, Basic.GetEmpty):
             return None, None, None
@@ -490,36 +643,58 @@ class Channel(ChannelRecovery):
                       concurrency: int = 1) -> str:
         """Start a consumer; deliveries reach `on_message_callback(channel, method,
         properties, body)` from the moment this returns. Returns the consumer tag."""
-        self._check_open()
+        _require_str("queue", queue)
+        if consumer_tag is not None:
+            _require_str("consumer_tag", consumer_tag)
+        self._await_open()
         tag = consumer_tag or _new_tag()
         if tag in self._consumers:
             raise DuplicateConsumerTag(f"consumer tag {tag!r} is already in use on this channel")
         consumer = Consumer(self, tag, queue, on_message_callback, auto_ack, exclusive,
-                            arguments, executor, concurrency)
-        self._consumers[tag] = consumer
-        try:
-            self._rpc(Basic.Consume(0, queue, tag, False, auto_ack, exclusive, False, arguments))
-        except BaseException:
-            self._consumers.pop(tag, None)
-            raise
+                            arguments, executor, concurrency, live=self._accepting)
+        self._start_consumer(consumer)
         return tag
+
+    def _start_consumer(self, consumer: Consumer) -> None:
+        """basic.consume for `consumer`; if the caller is interrupted before consume-ok
+        is seen, the consumer is cancelled in the background, never left orphaned."""
+        self._consumers[consumer.tag] = consumer
+
+        def on_consume_ok(_reply: Any) -> None:
+            if consumer.orphaned:
+                self._cancel_in_background(consumer.tag)
+
+        request = self._send_request(consumer.consume_method(), (Basic.ConsumeOk,),
+                                     on_consume_ok)
+        try:
+            self._link.request_flush()
+            request.result.get()
+        except BaseException:
+            if self._consumers.get(consumer.tag) is consumer:
+                consumer.orphaned = True
+                if request.result.successful():
+                    self._cancel_in_background(consumer.tag)
+                elif request.result.ready():  # refused, or the channel closed
+                    self._consumers.pop(consumer.tag, None)
+            raise
+
+    def _cancel_in_background(self, tag: str) -> None:
+        if self._state is not OPEN and self._state is not RESTORING:
+            self._consumers.pop(tag, None)
+            return
+        self._send_request(Basic.Cancel(tag), (Basic.CancelOk,),
+                           lambda _reply: self._remove_consumer(tag, StopIteration))
+        self._link.kick()
 
     def basic_cancel(self, consumer_tag: str) -> None:
         """Cancel a consumer; deliveries already received are still dispatched."""
         if consumer_tag not in self._consumers:
             return
         try:
-            if self._state == _OPEN:
+            if self._state is OPEN:
                 self._rpc(Basic.Cancel(consumer_tag))
         finally:
-            consumer = self._consumers.pop(consumer_tag, None)
-            if consumer is not None:
-                self._consumer_gone(consumer)
-                if consumer.sink is not None:
-                    consumer.sink.put(StopIteration)
-                else:
-                    self._dispatcher.submit(consumer.drain)
-            self._consuming.set()
+            self._remove_consumer(consumer_tag, StopIteration)
 
     # ------------------------------------------------------------------ consuming loops
 
@@ -532,7 +707,7 @@ class Channel(ChannelRecovery):
         self._stop_requested = False
         while True:
             self._consuming.clear()
-            if self._state == _CLOSED:
+            if self._state is CLOSED:
                 assert self._error is not None
                 raise self._error
             if self._stop_requested or not self._consumers:
@@ -544,7 +719,7 @@ class Channel(ChannelRecovery):
         tags = [consumer_tag] if consumer_tag else list(self._consumers)
         self._stop_requested = consumer_tag is None
         for tag in tags:
-            if self._state == _OPEN:
+            if self._state is OPEN:
                 self.basic_cancel(tag)
         self._consuming.set()
 
@@ -553,16 +728,13 @@ class Channel(ChannelRecovery):
                 inactivity_timeout: float | None = None) -> Iterator[tuple[Any, Any, Any]]:
         """Yield (method, properties, body) per delivery; (None, None, None) after
         `inactivity_timeout` seconds without one. Closing the generator cancels."""
-        self._check_open()
+        _require_str("queue", queue)
+        self._await_open()
         tag = _new_tag()
         queue_: Queue = Queue()
-        consumer = Consumer(self, tag, queue, None, auto_ack, exclusive, arguments, sink=queue_)
-        self._consumers[tag] = consumer
-        try:
-            self._rpc(consumer.consume_method())
-        except BaseException:
-            self._consumers.pop(tag, None)
-            raise
+        consumer = Consumer(self, tag, queue, None, auto_ack, exclusive, arguments, sink=queue_,
+                            live=self._accepting)
+        self._start_consumer(consumer)
         try:
             while True:
                 try:
@@ -576,7 +748,7 @@ class Channel(ChannelRecovery):
                     raise item
                 yield item
         finally:
-            if tag in self._consumers and self._state == _OPEN:
+            if tag in self._consumers and self._state is OPEN:
                 self.basic_cancel(tag)
 
     def cancel(self) -> None:
@@ -585,5 +757,157 @@ class Channel(ChannelRecovery):
             self.basic_cancel(tag)
 
 
+make_threadsafe(Channel, skip=("on_link_opened", "on_link_method", "on_link_content",
+                               "on_link_closed"))
 
-make_threadsafe(Channel)
+
+# ---------------------------------------------------------------------- lifecycle interface
+# Called by connection.py and recovery.py, in the hub, never by users.
+
+
+def start_open(channel: Channel, number: int | None) -> _Request:
+    """Queue channel.open on the channel's link (no yield); `await_open` waits."""
+    def opened(_reply: Any) -> None:
+        channel._transition(ChannelEvent.OPENED)
+
+    channel.channel_number = channel._link.open_channel(number, channel)
+    channel._dispatcher.rename(f"geamqp-channel-{channel.channel_number}")
+    request = _Request(None, (ChannelSpec.OpenOk,), opened)
+    channel._requests.append(request)
+    return request
+
+
+def await_open(channel: Channel, request: _Request) -> None:
+    """Block until open-ok. Interrupted (Timeout, kill), the half-made channel is
+    closed in the background and the interruption propagates."""
+    try:
+        request.result.get()
+    except BaseException:
+        if channel._state is OPENING or channel._state is OPEN:
+            channel._begin_close(200, "The opener gave up waiting for open-ok")
+        raise
+
+
+def suspend(channel: Channel, error: AMQPError, republish: bool) -> None:
+    """The connection is lost and will be recovered: release what waits on the wire."""
+    if channel._state is OPENING or channel._state is CLOSING:
+        channel._end(channel._error or error, ChannelEvent.LINK_LOST)
+        return
+    if not channel._transition(ChannelEvent.LINK_LOST):
+        return
+    channel._release_requests(error)
+    confirms, channel._confirms = channel._confirms, {}
+    for confirmation in confirms.values():
+        if republish:
+            channel._republish.append(confirmation)
+        else:
+            confirmation.set_failed(PublishOutcomeUnknown(
+                f"connection lost before the broker confirmed publish #"
+                f"{confirmation.seqno}: it may or may not have been routed ({error})"))
+    channel._tag_offset = max(channel._tag_offset, channel._last_tag)
+    # Manual-ack deliveries not yet handed to a callback would only be acked on a
+    # dead link: the broker redelivers them, so drop them now (auto-ack ones are
+    # the application's already, so they are still dispatched).
+    channel._dispatcher.discard(_undispatched_manual_ack)
+    for consumer in channel._consumers.values():
+        if consumer.sink is not None and not consumer.auto_ack:
+            consumer.discard_queued()
+
+
+def _undispatched_manual_ack(fn: Callable[..., Any]) -> bool:
+    consumer = getattr(fn, "__self__", None)
+    return isinstance(consumer, Consumer) and fn == consumer.run and not consumer.auto_ack
+
+
+def end(channel: Channel, error: AMQPError) -> None:
+    """The connection is closed for good (or recovery gave up)."""
+    channel._end(error)
+
+
+def begin_restore(channel: Channel, link: Link) -> _Request | None:
+    """SUSPENDED -> RESTORING on `link`: channel.open queued; returns its request,
+    or None when the channel was closed meanwhile."""
+    if not channel._transition(ChannelEvent.RESTORE):
+        return None
+    channel._link = link
+    link.open_channel(channel.channel_number, channel)
+    request = _Request(None, (ChannelSpec.OpenOk,), None)
+    channel._requests.append(request)
+    return request
+
+
+def restore_steps(channel: Channel) -> list[Method]:
+    """What the channel's mode needs after channel.open: qos, confirm, tx."""
+    steps: list[Method] = []
+    if channel._qos is not None:
+        steps.append(Basic.Qos(*channel._qos))
+    if channel._confirm_mode:
+        steps.append(Confirm.Select())
+    if channel._tx_mode:
+        steps.append(Tx.Select())
+    return steps
+
+
+def private_request(channel: Channel, method: Method) -> Any:
+    """A request on the supervisor's own channel (no recovery wait: it is new)."""
+    if channel._state is not OPEN:
+        raise channel._wrong_state()
+    return channel._call(method, method.RESPONSES, None)
+
+
+def restore_request(channel: Channel, method: Method) -> Any:
+    """One request of the restore (the channel is RESTORING, closed to users).
+    Raises the channel's error when it was closed meanwhile."""
+    if channel._state is not RESTORING:
+        raise channel._error or channel._wrong_state()
+    return channel._call(method, method.RESPONSES, None)
+
+
+def consumers_of(channel: Channel) -> list[Consumer]:
+    return [c for c in channel._consumers.values() if not c.orphaned]
+
+
+def drop_consumer(channel: Channel, tag: str, reason: str) -> None:
+    """A consumer that cannot be restored: ended as a broker cancel would end it."""
+    if tag not in channel._consumers:
+        return
+    channel._remove_consumer(tag, ConsumerCancelled(reason))
+    for callback in channel._cancel_callbacks:
+        channel._dispatcher.submit(callback, Basic.Cancel(tag, True))
+
+
+def rename_queue(channel: Channel, old: str, new: str) -> None:
+    for consumer in channel._consumers.values():
+        if consumer.queue == old:
+            consumer.queue = new
+
+
+def finish_restore(channel: Channel) -> None:
+    """RESTORING -> OPEN; republish what the user asked to."""
+    if not channel._transition(ChannelEvent.RESTORED):
+        return
+    pending, channel._republish = channel._republish, []
+    link = channel._link
+    for confirmation in pending:
+        seqno = link.publish(channel.channel_number, confirmation.exchange,
+                             confirmation.routing_key, confirmation.body,
+                             confirmation.properties, confirmation.mandatory)
+        confirmation.seqno = seqno
+        channel._confirms[seqno] = confirmation
+    channel._consuming.set()
+
+
+def fail_restore(channel: Channel, error: AMQPError) -> None:
+    """The restore of this channel cannot succeed: close it on the link if it is
+    open there, and end it with `error` for its users. A channel closing or
+    closed meanwhile ends by itself."""
+    state = channel._state
+    if state is RESTORING:
+        channel._link.close_channel(channel.channel_number, 200, "Not restored")
+        channel._end(error)
+    elif state is SUSPENDED:
+        channel._end(error)
+
+
+def queues_consumed(channel: Channel) -> set[str]:
+    return {c.queue for c in channel._consumers.values()}

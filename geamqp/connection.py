@@ -1,35 +1,40 @@
 """The Connection API and `connect()`.
 
-A Connection owns one protocol engine, one `Transport` (reader, writer and
-heartbeat greenlets) and its Channels; it routes the engine's events to
-them. Everything here runs in the hub's OS thread; callbacks the user
-registers on the connection run in the connection's own dispatcher greenlet.
+A Connection lives across links (`_link.py`: one per connection attempt) and
+owns its Channels; it routes what a link reports to them. Everything here
+runs in the hub's OS thread; callbacks the user registers on the connection
+run in the connection's own dispatcher greenlet.
 
 Rules:
 - `connect()` returns an open connection or raises. Authentication (403) and
   vhost (530) refusals and protocol mismatches are never retried;
   other failures are retried `connection_attempts` times over the list of
   parameters, `retry_delay` apart.
-- Every way a connection ends funnels into `_on_closed(error)`: it runs once,
-  releases every waiter with `error`, closes every channel and socket and
-  stops every greenlet the connection owns.
+- A link's loss reaches `_on_link_lost` once, and only while that link is the
+  current one. With recovery on and no application close, channels are
+  suspended and the supervisor (recovery.py) takes over; otherwise every way
+  a connection ends funnels into `_final_close(error)`: it runs once,
+  releases every waiter with `error`, closes every channel and stops every
+  greenlet the connection owns.
 - `close()` sends exactly one connection.close however many greenlets call
   it, and is bounded even when the broker no longer reads (memory alarm).
+- Channels and the supervisor reach the connection only through the two
+  named interfaces at the end of this module (`_Host`, `_RecoveryPort`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gevent
-from gevent.event import AsyncResult, Event
+from gevent.event import Event
 
+from . import channel as channel_control
 from ._hub import HubBridge, make_threadsafe
+from ._link import Link
 from ._topology import Topology
-from ._transport import Transport, open_socket
 from .channel import Channel
 from .consumer import Dispatcher
 from .exceptions import (
@@ -43,9 +48,9 @@ from .exceptions import (
     ProbableAuthenticationError,
 )
 from .parameters import ConnectionParameters, URLParameters
-from .protocol import AMQPConnection, ClientSettings
-from .protocol import events as ev
-from .protocol.spec import Channel as ChannelSpec
+from .protocol import ClientSettings
+from .protocol.sasl import PlainCredentials
+from .protocol.spec import Method
 from .recovery import RecoverySettings, Supervisor
 
 __all__ = ["Connection", "connect"]
@@ -104,22 +109,24 @@ class Connection:
         self.name = name
         self.recover = recover
         self.params = candidates[0]
+        self._link: Link | None = None
         self._channels: dict[int, Channel] = {}
         self._dispatcher = Dispatcher("geamqp-connection")
         self._close_callbacks: list[Callable[..., Any]] = []
         self._blocked_callbacks: list[Callable[..., Any]] = []
         self._unblocked_callbacks: list[Callable[..., Any]] = []
-        self._blocked = False
         self._unblocked = Event()
         self._unblocked.set()
         self._blocked_timer: gevent.Greenlet | None = None
         self._closed = Event()
         self._error: AMQPError | None = None
-        self._secret_waiter: AsyncResult | None = None
+        self._secret: str | None = None  # the newest update_secret(), for later links
         self.server_properties: dict[str, Any] = {}
         self._bridge = HubBridge(self)
         self._topology = Topology()
-        self._supervisor = Supervisor(self, recovery or RecoverySettings()) if recover else None
+        self._host = _Host(self)
+        self._supervisor = (Supervisor(_RecoveryPort(self), recovery or RecoverySettings())
+                            if recover else None)
         self._private: Channel | None = None  # the supervisor's channel for replaying topology
         self._app_closing = False
         self._lost_callbacks: list[Callable[..., Any]] = []
@@ -149,10 +156,10 @@ class Connection:
                 if attempt >= params.connection_attempts:
                     continue
                 try:
-                    self._open_one(params)
+                    self._connect_link(params)
                     return
                 except AMQPConnectionError as exc:
-                    if isinstance(exc, _NOT_RETRIED) and self._refused_for_good(exc):
+                    if isinstance(exc, _NOT_RETRIED) and getattr(exc, "answered", True):
                         self._finish(exc)
                         raise
                     log.info("connecting to %s failed: %s", params, exc)
@@ -163,57 +170,40 @@ class Connection:
         self._finish(last)
         raise last
 
-    def _refused_for_good(self, exc: AMQPConnectionError) -> bool:
-        """A server that closed before sending a byte (a load balancer without a
-        backend, a broker starting up) did not answer with another protocol: the
-        core reports that EOF as IncompatibleProtocolError, but it is retried."""
-        if isinstance(exc, IncompatibleProtocolError):
-            return bool(self._engine._prelude)
-        return True
-
-    def _open_one(self, params: ConnectionParameters) -> None:
+    def _connect_link(self, params: ConnectionParameters) -> Link:
+        """Open a link to `params` and make it the current one; raise why not."""
+        link = Link(params, self._client_settings(params), self._host)
+        try:
+            link.open()
+        except IncompatibleProtocolError as exc:
+            # A server that closed before sending a byte (a load balancer without a
+            # backend, a broker starting up) did not answer with another protocol:
+            # that is retried like any refused connect.
+            exc.answered = link.engine.peer_spoke  # type: ignore[attr-defined]
+            raise
+        self._link = link
         self.params = params
-        self._closed.clear()
-        self._error = None
-        self._opened: AsyncResult = AsyncResult()
-        deadline = time.monotonic() + params.stack_timeout
-        settings = ClientSettings(
-            credentials=params.credentials, virtual_host=params.virtual_host,
+        self.server_properties = link.server_properties
+        return link
+
+    def _client_settings(self, params: ConnectionParameters) -> ClientSettings:
+        credentials = params.credentials
+        if self._secret is not None and isinstance(credentials, PlainCredentials):
+            credentials = PlainCredentials(credentials.username, self._secret)
+        return ClientSettings(
+            credentials=credentials, virtual_host=params.virtual_host,
             heartbeat=params.heartbeat, frame_max=params.frame_max,
             channel_max=params.channel_max, max_message_size=params.max_message_size,
             connection_name=self.name or params.connection_name,
-            client_properties=params.client_properties, locale=params.locale)
-        timeout = gevent.Timeout(params.stack_timeout)
-        timeout.start()
-        try:
-            sock = open_socket(params, deadline)
-            self._engine = AMQPConnection(settings)
-            self._transport = Transport(sock, self._engine, self._on_events, self._on_lost,
-                                        write_timeout=params.socket_timeout)
-            self._transport.kick()
-            self._opened.get()
-        except gevent.Timeout as exc:
-            if exc is not timeout:
-                raise
-            if hasattr(self, "_transport"):
-                self._transport.abort()
-            raise AMQPConnectionError(
-                f"connection handshake with {params.host}:{params.port} did not finish within "
-                f"{params.stack_timeout} s") from None
-        except BaseException:
-            if hasattr(self, "_transport"):
-                self._transport.abort()
-            raise
-        finally:
-            timeout.close()
-        log.info("connected to %s (heartbeat %ss, frame_max %s, channel_max %s)", params,
-                 self._engine.heartbeat, self._engine.frame_max, self._engine.channel_max)
+            client_properties=params.client_properties, locale=params.locale,
+            zero_heartbeat_disables=params.zero_heartbeat_disables)
 
     # ------------------------------------------------------------------ state
 
     @property
     def is_open(self) -> bool:
-        return bool(not self._closed.is_set() and self._engine.is_open)
+        link = self._link
+        return bool(not self._closed.is_set() and link is not None and link.is_open)
 
     @property
     def is_closed(self) -> bool:
@@ -221,10 +211,7 @@ class Connection:
 
     @property
     def is_blocked(self) -> bool:
-        return self._blocked
-
-    def _kick(self) -> None:
-        self._transport.kick()
+        return not self._unblocked.is_set()
 
     def add_on_close_callback(self, callback: Callable[[Connection, AMQPError], Any]) -> None:
         """`callback(connection, exception)` once the connection has closed, for any reason."""
@@ -266,77 +253,28 @@ class Connection:
         if self._supervisor is not None and self._supervisor.recovering:
             self._wait_recovered()
         if not self.is_open:
-            raise self._error or ConnectionWrongStateError("connection is not open")
-        return self._open_channel(channel_number)
+            raise self._wrong_state()
+        return self._open_channel(channel_number, register=True)
 
-    def _open_channel(self, channel_number: int | None) -> Channel:
-        number = self._engine.open_channel(channel_number)
-        channel = Channel(self, number)
-        self._channels[number] = channel
-        waiter = AsyncResult()
-        channel._waiters.append(((ChannelSpec.OpenOk,), waiter))
-        self._kick()
-        try:
-            waiter.get()
-        except BaseException:
-            if self._channels.get(number) is channel:
-                del self._channels[number]
-            raise
+    def _wrong_state(self) -> ConnectionWrongStateError:
+        state = "closed" if self._closed.is_set() else "not open"
+        error = ConnectionWrongStateError(f"connection is {state}")
+        error.__cause__ = self._error
+        return error
+
+    def _open_channel(self, channel_number: int | None, register: bool) -> Channel:
+        assert self._link is not None
+        channel = Channel(self._host, self._link)
+        request = channel_control.start_open(channel, channel_number)
+        if register:
+            self._channels[channel.channel_number] = channel
+        channel_control.await_open(channel, request)
         return channel
 
-    # ------------------------------------------------------------------ events (reader)
-
-    def _on_events(self, events: list[ev.Event]) -> None:
-        channels = self._channels
-        for event in events:
-            kind = type(event)
-            if kind is ev.ContentReceived:
-                channels[event.channel]._on_content(  # type: ignore[attr-defined]
-                    event.method, event.properties, event.body)  # type: ignore[attr-defined]
-            elif kind is ev.MethodReceived:
-                if event.channel:  # type: ignore[attr-defined]
-                    channels[event.channel]._on_method(event.method)  # type: ignore[attr-defined]
-                elif self._secret_waiter is not None:
-                    self._secret_waiter.set(event.method)  # type: ignore[attr-defined]
-            else:
-                self._on_other_event(event)
-
-    def _on_other_event(self, event: ev.Event) -> None:
-        log.debug("%s: %s", self.name or "connection", type(event).__name__)
-        if isinstance(event, ev.ChannelOpened):
-            self._channels[event.channel]._on_opened()
-        elif isinstance(event, ev.ChannelClosed):
-            self._on_channel_closed(event)
-        elif isinstance(event, ev.ConnectionOpened):
-            self.server_properties = event.server_properties
-            self._transport.start_heartbeat(event.heartbeat)
-            self._opened.set(None)
-        elif isinstance(event, ev.ConnectionClosed):
-            self._on_closed(event.error)
-        elif isinstance(event, ev.ConnectionBlocked):
-            self._on_blocked(event.reason)
-        elif isinstance(event, ev.ConnectionUnblocked):
-            self._on_unblocked()
-        elif isinstance(event, ev.HeartbeatTimeout):
-            log.warning("no heartbeat from the broker for %.1f s; dropping the connection",
-                        event.silent_for)
-
-    def _on_channel_closed(self, event: ev.ChannelClosed) -> None:
-        from .exceptions import ChannelClosedByBroker, ChannelClosedByClient
-
-        channel = self._channels.pop(event.channel, None)
-        if channel is None:
-            return
-        error: AMQPError
-        if event.by_peer:
-            error = ChannelClosedByBroker(event.reply_code, event.reply_text)
-        else:
-            error = channel._error or ChannelClosedByClient(event.reply_code, event.reply_text)
-        channel._on_closed(error)
+    # ------------------------------------------------------------------ the link's reports
 
     def _on_blocked(self, reason: str) -> None:
         log.warning("broker blocked the connection: %s", reason)
-        self._blocked = True
         self._unblocked.clear()
         timeout = self.params.blocked_connection_timeout
         if timeout and self._blocked_timer is None:
@@ -353,11 +291,7 @@ class Connection:
     def _clear_blocked(self) -> None:
         """Not blocked any more (unblocked, or the link is gone): release waiting
         publishers and stop the blocked-connection timer."""
-        self._blocked = False
         self._unblocked.set()
-        self._cancel_blocked_timer()
-
-    def _cancel_blocked_timer(self) -> None:
         timer, self._blocked_timer = self._blocked_timer, None
         if timer is not None and timer is not gevent.getcurrent():
             timer.kill(block=False)
@@ -372,50 +306,41 @@ class Connection:
         if self._error is not None:
             raise self._error
 
-    def _on_lost(self, error: AMQPError) -> None:
-        self._on_closed(error)
-
-    def _on_closed(self, error: AMQPError) -> None:
-        """The single end of every connection: runs once, releases everything."""
+    def _on_link_lost(self, error: AMQPError) -> None:
+        """The current link ended: recover, or close for good."""
         if self._closed.is_set():
-            return
-        if not self._opened.ready():  # the handshake failed: _open() reports it
-            self._opened.set_exception(error)
-            self._transport.close_after_flush()
             return
         supervisor = self._supervisor
         if supervisor is not None and not self._app_closing and supervisor.should_recover(error):
-            self._on_lost_for_recovery(supervisor, error)
+            self._suspend(supervisor, error)
             return
         self._final_close(error)
 
-    def _on_lost_for_recovery(self, supervisor: Supervisor, error: AMQPError) -> None:
+    def _suspend(self, supervisor: Supervisor, error: AMQPError) -> None:
         """The link died under a recovering connection: suspend, let the supervisor work."""
-        self._drop_transport()
-        private, self._private = self._private, None
-        if private is not None:
-            self._channels.pop(private.channel_number, None)
-            private._on_closed(error)
+        self._end_private(error)
         republish = supervisor.settings.republish_unconfirmed
-        for number, channel in list(self._channels.items()):
-            if channel._state in ("opening", "closing"):
-                del self._channels[number]
-                channel._on_closed(error)
-            else:
-                channel._suspend(error, republish)
-        if self._secret_waiter is not None:
-            self._secret_waiter.set_exception(error)
+        for channel in list(self._channels.values()):
+            channel_control.suspend(channel, error, republish)
+        self._clear_blocked()
+        link = self._link
+        if link is not None:  # a close-ok the broker's close asked for still goes out
+            link.shut_down()
         if supervisor.recovering:
             return  # lost again while restoring: the supervisor's loop carries on
-        self._clear_blocked()
         for callback in self._lost_callbacks:
             self._dispatcher.submit(callback, self, error)
         supervisor.start(error)
 
-    def _drop_transport(self) -> None:
-        transport = getattr(self, "_transport", None)
-        if transport is not None:
-            transport.abort()
+    def _end_private(self, error: AMQPError) -> None:
+        private, self._private = self._private, None
+        if private is not None:
+            channel_control.end(private, error)
+
+    def _drop_link(self) -> None:
+        link = self._link
+        if link is not None:
+            link.abort()
 
     def _wait_recovered(self) -> None:
         if self._supervisor is not None:
@@ -423,48 +348,24 @@ class Connection:
         if self._closed.is_set() and self._error is not None:
             raise self._error
 
-    def _recovery_channel(self) -> Channel:
-        """The supervisor's own channel: a failed replay step closes it, not a user's."""
-        if self._private is None or not self._private.is_open:
-            if self._private is not None:
-                self._channels.pop(self._private.channel_number, None)
-            self._private = self._open_channel(None)
-        return self._private
-
-    def _on_recovered(self) -> None:
-        private, self._private = self._private, None
-        if private is not None and private.is_open:
-            private.close()
-        for callback in self._recovered_callbacks:
-            self._dispatcher.submit(callback, self)
-
-    def _on_recovery_failed(self, error: AMQPError) -> None:
-        for callback in self._recovery_failed_callbacks:
-            self._dispatcher.submit(callback, self, error)
-        self._supervisor = None
-        self._final_close(error)
-
-    def _on_queue_renamed(self, old: str, new: str) -> None:
-        log.info("server-named queue %r came back as %r", old, new)
-        for callback in self._renamed_callbacks:
-            self._dispatcher.submit(callback, old, new)
-
     def _final_close(self, error: AMQPError) -> None:
+        if self._closed.is_set():
+            return
         self._error = error
         level = logging.INFO if isinstance(error, ConnectionClosedByClient) else logging.WARNING
         log.log(level, "connection to %s closed: %r", self.params, error)
-        self._transport.close_after_flush()
+        self._end_private(error)
         channels, self._channels = self._channels, {}
         for channel in channels.values():
-            channel._on_closed(error)
-        if self._secret_waiter is not None:
-            self._secret_waiter.set_exception(error)
+            channel_control.end(channel, error)
         self._clear_blocked()
         self._closed.set()
         for callback in self._close_callbacks:
             self._dispatcher.submit(callback, self, error)
         self._finish(error)
-        gevent.spawn(self._transport.stop_greenlets)
+        link = self._link
+        if link is not None:  # last: this may be the link's reader, which it stops
+            link.shut_down()
 
     def _finish(self, error: AMQPError) -> None:
         self._error = error
@@ -473,45 +374,56 @@ class Connection:
         self._bridge.close(error)
 
     def _abort(self, error: AMQPError) -> None:
-        self._transport.abort()
-        self._on_closed(error)
+        self._drop_link()
+        self._on_link_lost(error)
 
     # ------------------------------------------------------------------ public actions
 
     def close(self, reply_code: int = 200, reply_text: str = "Normal shutdown") -> None:
         """Close the connection and every channel on it. Safe to call more than once,
-        from any number of greenlets; blocks until the broker confirms or 5 s pass."""
+        from any number of greenlets; blocks until the broker confirms or 5 s pass.
+
+        Unlike pika, closing a closed connection does nothing rather than raise:
+        close() runs in `finally` blocks, `with` exits and several greenlets at
+        once, where a second error would only hide the first (geamqp.pika raises,
+        as pika does)."""
         if self._closed.is_set():
             return
         self._app_closing = True
+        error = ConnectionClosedByClient(reply_code, reply_text)
         supervisor = self._supervisor
         if supervisor is not None and supervisor.recovering:
             supervisor.stop()
-            self._drop_transport()
-            self._final_close(ConnectionClosedByClient(reply_code, reply_text))
+            self._drop_link()
+            self._final_close(error)
             return
-        if self._engine.close(reply_code, reply_text):
-            self._kick()
-        elif self._engine.state.value != "closing":
-            self._abort(ConnectionClosedByClient(reply_code, reply_text))
+        link = self._link
+        if link is None or not (link.close(reply_code, reply_text) or link.closing):
+            self._abort(error)
             return
         if not self._closed.wait(_CLOSE_TIMEOUT):
             log.warning("broker did not answer connection.close within %s s; dropping the "
                         "socket", _CLOSE_TIMEOUT)
-            self._abort(ConnectionClosedByClient(reply_code, reply_text))
+            self._abort(error)
 
-    def update_secret(self, new_secret: str | bytes, reason: str) -> None:
-        """Replace the connection's credential secret (e.g. a refreshed OAuth 2 token)."""
-        if not self.is_open:
-            raise self._error or ConnectionWrongStateError("connection is not open")
-        secret = new_secret.encode("utf-8") if isinstance(new_secret, str) else new_secret
-        self._secret_waiter = AsyncResult()
-        try:
-            self._engine.update_secret(secret, reason)
-            self._kick()
-            self._secret_waiter.get()
-        finally:
-            self._secret_waiter = None
+    def update_secret(self, new_secret: str, reason: str) -> None:
+        """Replace the connection's credential secret (e.g. a refreshed OAuth 2 token).
+
+        Blocks until the broker accepts it; concurrent calls are answered in turn.
+        Later reconnects (recovery) log in with the newest secret."""
+        if isinstance(new_secret, bytes):
+            new_secret = new_secret.decode("utf-8")
+        if not isinstance(new_secret, str):
+            raise TypeError(f"new_secret must be a str, not {type(new_secret).__name__}")
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        if self._supervisor is not None and self._supervisor.recovering:
+            self._wait_recovered()
+        link = self._link
+        if not self.is_open or link is None:
+            raise self._wrong_state()
+        self._secret = new_secret
+        link.update_secret(new_secret.encode("utf-8"), reason).get()
 
     def add_callback_threadsafe(self, callback: Callable[[], Any]) -> None:
         """Run `callback()` in the hub, in a greenlet; callable from any OS thread."""
@@ -525,9 +437,122 @@ class Connection:
         """Sleep this greenlet; the connection keeps working meanwhile."""
         gevent.sleep(seconds)
 
-    def process_data_events(self, time_limit: float = 0) -> None:
-        """pika compatibility: events are always processed; this just yields for time_limit."""
-        gevent.sleep(time_limit)
+    def process_data_events(self, time_limit: float | None = 0) -> None:
+        """pika compatibility: events are always processed (by the reader greenlet and
+        the dispatchers), so this only yields, for `time_limit` seconds (None: once)."""
+        gevent.sleep(time_limit or 0)
 
 
 make_threadsafe(Connection, skip=("add_callback_threadsafe",))
+
+
+class _Host:
+    """The named interface a Connection offers its channels and its links."""
+
+    __slots__ = ("bridge", "connection")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.bridge = connection._bridge
+
+    # for channels (channel.ChannelHost)
+
+    def wait_recovered(self) -> None:
+        self.connection._wait_recovered()
+
+    def wait_unblocked(self) -> None:
+        self.connection._wait_unblocked()
+
+    def record(self, method: Method, reply: Any) -> None:
+        self.connection._topology.on_reply(method, reply)
+
+    def consumer_gone(self, queue: str) -> None:
+        conn = self.connection
+        still = any(queue in channel_control.queues_consumed(c) for c in conn._channels.values())
+        conn._topology.on_consumer_gone(queue, still)
+
+    def run_callback(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.connection._dispatcher.submit(fn, *args)
+
+    def channel_ended(self, channel: Channel) -> None:
+        channels = self.connection._channels
+        if channels.get(channel.channel_number) is channel:
+            del channels[channel.channel_number]
+
+    # for links (_link.LinkHandler): reports of a link that is not current are stale
+
+    def link_lost(self, link: Link, error: AMQPError) -> None:
+        if link is self.connection._link:
+            self.connection._on_link_lost(error)
+
+    def link_blocked(self, link: Link, reason: str) -> None:
+        if link is self.connection._link:
+            self.connection._on_blocked(reason)
+
+    def link_unblocked(self, link: Link) -> None:
+        if link is self.connection._link:
+            self.connection._on_unblocked()
+
+
+class _RecoveryPort:
+    """The named interface the supervisor (recovery.py) drives a Connection through."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    @property
+    def topology(self) -> Topology:
+        return self.connection._topology
+
+    def candidates(self) -> list[ConnectionParameters]:
+        return list(self.connection._candidates)
+
+    def connect(self, params: ConnectionParameters) -> Link:
+        return self.connection._connect_link(params)
+
+    def drop_link(self) -> None:
+        """After a failed attempt: a link still open is cut; a lost one is already
+        shutting down, flushing what the broker is owed (close-ok)."""
+        link = self.connection._link
+        if link is not None and link.is_open:
+            link.abort()
+
+    def channels(self) -> list[Channel]:
+        channels = self.connection._channels
+        return [channels[n] for n in sorted(channels)]
+
+    def private_channel(self) -> Channel:
+        """The supervisor's own channel: a failed replay step closes it, not a user's."""
+        conn = self.connection
+        private = conn._private
+        if private is None or not private.is_open:
+            conn._private = None
+            conn._private = conn._open_channel(None, register=False)
+        assert conn._private is not None
+        return conn._private
+
+    def recovered(self) -> None:
+        conn = self.connection
+        private, conn._private = conn._private, None
+        if private is not None and private.is_open:
+            private.close()
+        for callback in conn._recovered_callbacks:
+            conn._dispatcher.submit(callback, conn)
+
+    def gave_up(self, error: AMQPError) -> None:
+        conn = self.connection
+        for callback in conn._recovery_failed_callbacks:
+            conn._dispatcher.submit(callback, conn, error)
+        conn._supervisor = None
+        conn._drop_link()
+        conn._final_close(error)
+
+    def queue_renamed(self, old: str, new: str) -> None:
+        conn = self.connection
+        log.info("server-named queue %r came back as %r", old, new)
+        for channel in conn._channels.values():
+            channel_control.rename_queue(channel, old, new)
+        for callback in conn._renamed_callbacks:
+            conn._dispatcher.submit(callback, old, new)

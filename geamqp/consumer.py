@@ -39,9 +39,17 @@ OnMessage = Callable[["Channel", Any, BasicProperties, bytes], Any]
 
 
 class Dispatcher:
-    """One greenlet running queued callables in order; owned by a channel or connection."""
+    """One greenlet running queued callables in order; owned by a channel or connection.
 
-    __slots__ = ("_greenlet", "_name", "_queue", "_stopped", "_wake")
+    The queue has no bound of its own: for deliveries the bound is the broker's,
+    the channel's prefetch count. With prefetch 0 the broker sends as fast as it
+    can, so a slow callback lets the queue grow without limit: the dispatcher
+    logs one warning when more than `WARN_PENDING` calls wait.
+    """
+
+    __slots__ = ("_greenlet", "_name", "_queue", "_stopped", "_wake", "warn_at")
+
+    WARN_PENDING = 10_000
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -49,11 +57,20 @@ class Dispatcher:
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
         self._stopped = False
+        self.warn_at = self.WARN_PENDING  # 0: never warn (e.g. a prefetch limit is set)
+
+    def rename(self, name: str) -> None:
+        self._name = name
+        if self._greenlet is not None:
+            self._greenlet.name = name
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._stopped:
             return
-        self._queue.append((fn, args))
+        queue = self._queue
+        queue.append((fn, args))
+        if len(queue) == self.warn_at:
+            self._warn_backlog()
         if self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
             self._greenlet.name = self._name
@@ -61,9 +78,25 @@ class Dispatcher:
         if not wake.is_set():
             wake.set()
 
+    def _warn_backlog(self) -> None:
+        self.warn_at = 0
+        log.warning("%s: %d calls wait for the callbacks; with prefetch_count 0 the broker "
+                    "sends without limit — set basic_qos(prefetch_count=...) to bound memory",
+                    self._name, len(self._queue))
+
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    def discard(self, unwanted: Callable[[Callable[..., Any]], bool]) -> int:
+        """Drop the queued calls whose function `unwanted(fn)` picks; how many."""
+        queue = self._queue
+        kept = [(fn, args) for fn, args in queue if not unwanted(fn)]
+        dropped = len(queue) - len(kept)
+        if dropped:
+            queue.clear()
+            queue.extend(kept)
+        return dropped
 
     def _run(self) -> None:
         queue = self._queue
@@ -111,11 +144,12 @@ class Consumer:
     """One basic.consume: its tag, callback and how the callback is run."""
 
     __slots__ = ("arguments", "auto_ack", "callback", "channel", "concurrency", "exclusive",
-                 "executor", "pool", "queue", "sink", "tag")
+                 "executor", "live", "orphaned", "pool", "queue", "sink", "tag")
 
     def __init__(self, channel: Channel, tag: str, queue: str, callback: OnMessage | None,
                  auto_ack: bool, exclusive: bool, arguments: dict[str, Any] | None,
-                 executor: Any = None, concurrency: int = 1, sink: Any = None) -> None:
+                 executor: Any = None, concurrency: int = 1, sink: Any = None,
+                 live: Callable[[], bool] = lambda: True) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.channel = channel
@@ -129,6 +163,8 @@ class Consumer:
         self.concurrency = concurrency
         self.pool = Pool(concurrency) if concurrency > 1 else None
         self.sink = sink  # a consume() generator's queue: deliveries go there, not to a callback
+        self.live = live  # False while the channel must not run callbacks (closing, closed)
+        self.orphaned = False  # its basic_consume() caller gave up: cancelled in the background
 
     def consume_method(self) -> Basic.Consume:
         """The basic.consume that (re)creates this consumer on the broker."""
@@ -137,9 +173,9 @@ class Consumer:
 
     def run(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
         """Called in the dispatcher greenlet for each delivery."""
-        if not self.channel.is_open:
-            # Closing or closed: the broker requeues what was not acked, and an
-            # ack from here could not be sent anyway.
+        if not self.live():
+            # Closing, closed or suspended: the broker requeues what was not
+            # acked, and an ack from here could not be sent anyway.
             return
         if self.executor is not None:
             # concurrent.futures executors have submit(); gevent's ThreadPool has spawn().
@@ -150,7 +186,7 @@ class Consumer:
             # closed meanwhile, and spawn() itself must not park (a greenlet it
             # created while waiting would outlive the close).
             self.pool.wait_available()
-            if self.channel.is_open:
+            if self.live():
                 self.pool.spawn(self._call_logged, method, properties, body)
         else:
             self.callback(self.channel, method, properties, body)  # type: ignore[misc]
@@ -167,6 +203,20 @@ class Consumer:
         """The channel closed: kill the callbacks still running (they could not ack)."""
         if self.pool is not None:
             self.pool.kill(block=True, timeout=5)
+
+    def discard_queued(self) -> None:
+        """The link was lost: drop deliveries a `consume()` generator has not taken yet
+        (manual-ack ones are redelivered by the broker); errors and ends stay."""
+        sink = self.sink
+        if sink is None:
+            return
+        kept = []
+        while not sink.empty():
+            item = sink.get_nowait()
+            if not isinstance(item, tuple):
+                kept.append(item)
+        for item in kept:
+            sink.put(item)
 
     def drain(self) -> None:
         """The consumer was cancelled: wait, in the dispatcher, for the callbacks
@@ -219,21 +269,21 @@ class Confirmation:
     def done(self) -> bool:
         return self._state != _PENDING
 
-    def _ack(self) -> None:
+    def set_acked(self) -> None:
         if self.returned is not None:
-            self._fail(UnroutableError([self.returned]))
+            self.set_failed(UnroutableError([self.returned]))
             return
         if self._state == _PENDING:
             self._state = _ACKED
             if self._event is not None:
                 self._event.set()
 
-    def _nack(self) -> None:
-        self._fail(NackError([ReturnedMessage(
+    def set_nacked(self) -> None:
+        self.set_failed(NackError([ReturnedMessage(
             Basic.Publish(0, self.exchange, self.routing_key, self.mandatory),
             self.properties, self.body)]))
 
-    def _fail(self, error: AMQPError) -> None:
+    def set_failed(self, error: AMQPError) -> None:
         if self._state == _PENDING:
             self._state = _FAILED
             self._error = error

@@ -26,42 +26,68 @@ supervisor greenlet:
 
 It never recovers after the application's own ``close()``, a failed first
 connect, an authentication or vhost refusal, or a channel-level error.
+
+The restore is an explicit plan (`Step` list, built per attempt), and each
+step has a failure policy (`Policy`): a connection-level failure (the link
+died again, a protocol error, a 320/541 close) makes the whole attempt fail
+and the next one start after a back-off; a channel-level failure of a
+channel's own step ends that channel alone (its users get the error; the
+broker closing it, or the application closing it, mid-restore ends here
+too); a topology entity that cannot be declared is logged and skipped. The
+supervisor greenlet never dies with waiters parked: anything unexpected
+gives up cleanly, the recovery-failed and close callbacks run and every
+waiter is released with `RecoveryFailed`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 from gevent.event import Event
 
+from . import channel as channel_control
+from ._channel_state import ChannelState
+from ._topology import Topology
 from .exceptions import (
     AMQPChannelError,
     AMQPConnectionError,
     AMQPError,
     ChannelClosedByBroker,
+    ChannelWrongStateError,
     ConnectionBlockedTimeout,
     ConnectionClosedByClient,
     ProbableAccessDeniedError,
     ProbableAuthenticationError,
 )
-from .protocol.spec import Basic, Confirm, Queue, Tx
+from .parameters import ConnectionParameters
+from .protocol.spec import Method, Queue
 
 if TYPE_CHECKING:
+    from ._link import Link
     from .channel import Channel
-    from .connection import Connection
+    from .consumer import Consumer
 
-__all__ = ["RecoverySettings", "Supervisor", "backoff_delay"]
+__all__ = ["Policy", "RecoveryFailed", "RecoverySettings", "RecoveryTarget", "Step",
+           "Supervisor", "backoff_delay"]
 
 log = logging.getLogger("geamqp.recovery")
 
 _NO_RECOVERY = (ConnectionClosedByClient, ProbableAuthenticationError, ProbableAccessDeniedError,
                 ConnectionBlockedTimeout)
+_REFUSED = (ProbableAuthenticationError, ProbableAccessDeniedError)
+# A refusal is final only when the broker says so: ACCESS_REFUSED, NOT_ALLOWED,
+# INVALID_PATH. Another close during the handshake (320 of a node shutting down,
+# 541) or a bare EOF is a node in trouble, and the next attempt may land elsewhere.
+_REFUSED_CODES = (403, 530, 402)
 _RETRIED_CODES = (404, 405)  # NOT_FOUND (node gone), RESOURCE_LOCKED (old exclusive owner)
 _ENTITY_RETRIES = 5
+_GONE = (ChannelState.CLOSING, ChannelState.CLOSED)
 
 
 class RecoverySettings:
@@ -94,16 +120,49 @@ class RecoveryFailed(AMQPConnectionError):
     """Automatic recovery gave up; `__cause__` is the last failure."""
 
 
+class RecoveryTarget(Protocol):
+    """What the supervisor needs from its connection (connection.py's `_RecoveryPort`)."""
+
+    @property
+    def topology(self) -> Topology: ...
+    def candidates(self) -> list[ConnectionParameters]: ...
+    def connect(self, params: ConnectionParameters) -> Link: ...
+    def drop_link(self) -> None: ...
+    def channels(self) -> list[Channel]: ...
+    def private_channel(self) -> Channel: ...
+    def recovered(self) -> None: ...
+    def gave_up(self, error: AMQPError) -> None: ...
+    def queue_renamed(self, old: str, new: str) -> None: ...
+
+
+class Policy(enum.Enum):
+    """What a step's channel-level failure does (connection-level failures always
+    fail the attempt, which is retried after a back-off)."""
+
+    DROP_CHANNEL = "end this channel with the error; restore the others"
+    SKIP = "log it and carry on; the entity is not restored"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a restore plan."""
+
+    what: str  # for logs
+    run: Callable[[], None]
+    channel: Channel | None = None  # the channel restored (the step is skipped once it closes)
+    policy: Policy = Policy.DROP_CHANNEL
+
+
 class Supervisor:
     """Owns the recovery greenlet of one connection."""
 
-    def __init__(self, connection: Connection, settings: RecoverySettings) -> None:
-        self.connection = connection
+    def __init__(self, target: RecoveryTarget, settings: RecoverySettings) -> None:
+        self.target = target
         self.settings = settings
         self.recovered = Event()
         self.recovered.set()
         self._greenlet: gevent.Greenlet | None = None
-        self.attempts: list[float] = []  # monotonic times of reconnect attempts (for tests)
+        self.attempts: list[float] = []  # loop times of reconnect attempts (for tests)
 
     @property
     def recovering(self) -> bool:
@@ -133,9 +192,17 @@ class Supervisor:
     # ------------------------------------------------------------------ the loop
 
     def _run(self, error: AMQPError) -> None:
-        conn = self.connection
+        try:
+            self._recover(error)
+        except gevent.GreenletExit:
+            raise  # stop(): the application closed the connection
+        except BaseException as exc:  # a bug must not leave waiters parked forever
+            log.exception("recovery failed unexpectedly")
+            self._give_up(exc)
+
+    def _recover(self, error: AMQPError) -> None:
         log.warning("connection lost (%r): recovering", error)
-        last: AMQPError = error
+        last: BaseException = error
         attempt = 0
         started = gevent.get_hub().loop.now()
         while True:
@@ -147,84 +214,117 @@ class Supervisor:
                 return
             gevent.sleep(backoff_delay(attempt, s.delay_min, s.delay_max))
             attempt += 1
-            candidates = list(conn._candidates)
+            candidates = self.target.candidates()
             random.shuffle(candidates)
             for params in candidates:
                 self.attempts.append(gevent.get_hub().loop.now())
                 try:
-                    conn._open_one(params)
-                    self._restore()
-                except (ProbableAuthenticationError, ProbableAccessDeniedError) as exc:
-                    self._give_up(exc)
+                    self._attempt(params)
+                except _REFUSED as exc:
+                    if exc.reply_code in _REFUSED_CODES:
+                        self._give_up(exc)
+                        return
+                    last = self._failed(attempt, params, exc)
+                except AMQPError as exc:  # the link failed again: next candidate / attempt
+                    last = self._failed(attempt, params, exc)
+                else:
+                    log.warning("connection recovered after %d attempt(s)", attempt)
+                    self._greenlet = None
+                    self.recovered.set()
+                    self.target.recovered()
                     return
-                except AMQPConnectionError as exc:
-                    log.info("recovery attempt %d via %s failed: %s", attempt, params, exc)
-                    last = exc
-                    conn._drop_transport()
-                    continue
-                log.warning("connection recovered after %d attempt(s)", attempt)
-                self.recovered.set()
-                conn._on_recovered()
-                return
 
-    def _give_up(self, cause: AMQPError) -> None:
+    def _failed(self, attempt: int, params: ConnectionParameters, exc: AMQPError) -> AMQPError:
+        log.info("recovery attempt %d via %s failed: %r", attempt, params, exc)
+        self.target.drop_link()
+        return exc
+
+    def _give_up(self, cause: BaseException) -> None:
         error = RecoveryFailed(f"automatic recovery gave up: {cause}")
         error.__cause__ = cause
         log.error("%s", error)
         self._greenlet = None
-        self.recovered.set()
-        self.connection._on_recovery_failed(error)
+        try:
+            self.target.gave_up(error)
+        finally:
+            self.recovered.set()
 
-    # ------------------------------------------------------------------ restoring
+    # ------------------------------------------------------------------ the plan
 
-    def _restore(self) -> None:
-        conn = self.connection
-        channels = [conn._channels[n] for n in sorted(conn._channels)]
+    def _attempt(self, params: ConnectionParameters) -> None:
+        link = self.target.connect(params)
+        for step in self.plan(link):
+            channel = step.channel
+            if channel is not None and channel.state in _GONE:
+                continue  # closed meanwhile (by the application or the broker)
+            try:
+                step.run()
+            except AMQPChannelError as exc:
+                if channel is not None and step.policy is Policy.DROP_CHANNEL:
+                    log.error("recovery: %s failed (%s); channel %s not restored",
+                              step.what, exc, channel.channel_number)
+                    channel_control.fail_restore(channel, exc)
+                else:
+                    log.error("recovery: %s failed (%s); skipped", step.what, exc)
+
+    def plan(self, link: Link) -> list[Step]:
+        """The restore of one attempt, in order: channels (limit checked first) and
+        their modes, then exchanges, queues, bindings, then consumers, then open."""
+        channels = [c for c in self.target.channels() if c.state is ChannelState.SUSPENDED]
+        steps: list[Step] = []
         for channel in channels:
-            self._reopen(channel)
-        self._replay_topology(channels)
+            number = channel.channel_number
+            if number > link.channel_max:
+                steps.append(Step(f"channel {number} above channel_max",
+                                  _dropper(channel, link.channel_max)))
+                continue
+            steps.append(Step(f"reopen channel {number}", _reopener(channel, link), channel))
+            steps += [Step(f"{m.NAME} on channel {number}", _requester(channel, m), channel)
+                      for m in channel_control.restore_steps(channel)]
+        steps += self._topology_steps()
         for channel in channels:
-            self._restore_consumers(channel)
-        for channel in channels:
-            channel._resume(self.settings.republish_unconfirmed)
+            steps += [Step(f"consumer {c.tag}", self._consumer_restorer(channel, c), channel)
+                      for c in channel_control.consumers_of(channel)]
+        steps += [Step(f"finish channel {channel.channel_number}", _finisher(channel), channel)
+                  for channel in channels]
+        return steps
 
-    def _reopen(self, channel: Channel) -> None:
-        conn = self.connection
-        conn._engine.open_channel(channel.channel_number)
-        channel._begin_restore()
-        conn._kick()
-        channel._restore_rpc(None)  # waits for open-ok
-        if channel._qos is not None:
-            channel._restore_rpc(Basic.Qos(*channel._qos))
-        if channel._confirm_mode:
-            channel._restore_rpc(Confirm.Select())
-        if channel._tx_mode:
-            channel._restore_rpc(Tx.Select())
+    def _topology_steps(self) -> list[Step]:
+        topology = self.target.topology
+        steps = [Step(f"exchange {r.name!r}", self._declarer(r.declare()), policy=Policy.SKIP)
+                 for r in topology.exchanges.values()]
+        steps += [Step(f"queue {r.name!r}", self._queue_declarer(r.name), policy=Policy.SKIP)
+                  for r in topology.queues.values()]
+        # Bindings last, read when the step runs: exchange-to-exchange ones need their
+        # exchanges, queue ones their (possibly renamed) queues.
+        steps.append(Step("bindings", self._rebind, policy=Policy.SKIP))
+        return steps
 
-    def _replay_topology(self, channels: list[Channel]) -> None:
-        conn = self.connection
-        topology = conn._topology
-        steps: list[tuple[str, Any]] = [("exchange", r) for r in topology.exchanges.values()]
-        steps += [("queue", r) for r in topology.queues.values()]
-        # Exchange-to-exchange bindings need their exchanges; queue bindings their queues.
-        for kind, record in steps:
-            if kind == "queue" and record.server_named:
-                old = record.name
-                reply = self._declare_with_retries(record.declare())
-                if reply is not None and reply.queue != old:
-                    topology.rename(old, reply.queue, channels)
-                    conn._on_queue_renamed(old, reply.queue)
-            else:
-                self._declare_with_retries(record.declare())
-        for binding in list(topology.bindings.values()):
+    def _declarer(self, method: Method) -> Callable[[], None]:
+        return lambda: self._declare_with_retries(method)
+
+    def _queue_declarer(self, name: str) -> Callable[[], None]:
+        def declare() -> None:
+            topology = self.target.topology
+            record = topology.queues.get(name)
+            if record is None:
+                return
+            reply = self._declare_with_retries(record.declare())
+            if record.server_named and reply is not None and reply.queue != name:
+                topology.rename(name, reply.queue)
+                self.target.queue_renamed(name, reply.queue)
+        return declare
+
+    def _rebind(self) -> None:
+        for binding in list(self.target.topology.bindings.values()):
             self._declare_with_retries(binding.bind())
 
-    def _declare_with_retries(self, method: Any) -> Any:
+    def _declare_with_retries(self, method: Method) -> Any:
         """Run one replay step on the private channel; 404/405 are retried with back-off."""
         for attempt in range(_ENTITY_RETRIES):
-            channel = self.connection._recovery_channel()
+            channel = self.target.private_channel()
             try:
-                return channel._rpc(method)
+                return channel_control.private_request(channel, method)
             except ChannelClosedByBroker as exc:
                 if exc.reply_code not in _RETRIED_CODES or attempt + 1 == _ENTITY_RETRIES:
                     log.error("recovery could not restore %s: %s", method.NAME, exc)
@@ -234,115 +334,41 @@ class Supervisor:
                                            self.settings.delay_max))
         return None
 
-    def _restore_consumers(self, channel: Channel) -> None:
-        for consumer in list(channel._consumers.values()):
+    def _consumer_restorer(self, channel: Channel, consumer: Consumer) -> Callable[[], None]:
+        def restore() -> None:
             exists = self._declare_with_retries(Queue.Declare(0, consumer.queue, passive=True))
             if exists is None:
                 log.error("recovery: queue %r of consumer %s is gone; consumer not recovered",
                           consumer.queue, consumer.tag)
-                channel._drop_consumer(consumer.tag)
-                continue
-            try:
-                channel._restore_rpc(consumer.consume_method())
-            except AMQPChannelError as exc:
-                log.error("recovery: consumer %s not recovered: %s", consumer.tag, exc)
+                channel_control.drop_consumer(channel, consumer.tag,
+                                              f"queue {consumer.queue!r} of consumer "
+                                              f"{consumer.tag!r} is gone")
+                return
+            channel_control.restore_request(channel, consumer.consume_method())
+        return restore
 
 
-class ChannelRecovery:
-    """The channel's side of recovery, mixed into `Channel`: suspend, restore, resume,
-    and delivery tags that stay unique across connection generations."""
+def _dropper(channel: Channel, channel_max: int) -> Callable[[], None]:
+    def drop() -> None:
+        error = ChannelWrongStateError(
+            f"channel {channel.channel_number} cannot be restored: the broker now allows "
+            f"channel numbers up to {channel_max} only")
+        log.error("recovery: %s", error)
+        channel_control.fail_restore(channel, error)
+    return drop
 
-    # Provided by Channel:
-    channel_number: int
-    connection: Connection
-    _state: str
-    _error: AMQPError | None
-    _waiters: Any
-    _confirms: dict[int, Any]
-    _consumers: dict[str, Any]
-    _republish: list[Any]
-    _tag_offset: int
-    _last_tag: int
-    _cancel_callbacks: list[Callable[..., Any]]
-    _dispatcher: Any
-    _consuming: Event
 
-    def _current_tag(self, delivery_tag: int, multiple: bool) -> int:
-        """The wire tag for a user-visible tag; -1 when it belongs to a lost connection
-        (the broker has requeued that message and will redeliver it)."""
-        if delivery_tag > self._tag_offset:
-            return delivery_tag - self._tag_offset
-        if multiple and delivery_tag == 0:
-            return 0  # "everything so far" on this connection
-        log.debug("channel %s: ack/nack/reject of delivery tag %s from before the "
-                  "reconnect dropped; the broker redelivers that message",
-                  self.channel_number, delivery_tag)
-        return -1
+def _reopener(channel: Channel, link: Link) -> Callable[[], None]:
+    def reopen() -> None:
+        request = channel_control.begin_restore(channel, link)
+        if request is not None:
+            request.result.get()
+    return reopen
 
-    def _consumer_gone(self, consumer: Any) -> None:
-        conn = self.connection
-        conn._topology.on_consumer_gone(consumer.queue, list(conn._channels.values()))
 
-    def _suspend(self, error: AMQPError, republish: bool) -> None:
-        """The connection is lost and will be recovered: release what waits on the wire."""
-        if self._state in ("closed", "closing"):
-            return
-        from .exceptions import PublishOutcomeUnknown
+def _requester(channel: Channel, method: Method) -> Callable[[], None]:
+    return lambda: channel_control.restore_request(channel, method)
 
-        self._state = "recovering"
-        waiters, self._waiters = self._waiters, type(self._waiters)()
-        for _, waiter in waiters:
-            waiter.set_exception(error)
-        confirms, self._confirms = self._confirms, {}
-        for confirmation in confirms.values():
-            if republish:
-                self._republish.append(confirmation)
-            else:
-                confirmation._fail(PublishOutcomeUnknown(
-                    f"connection lost before the broker confirmed publish #"
-                    f"{confirmation.seqno}: it may or may not have been routed ({error})"))
-        self._tag_offset = max(self._tag_offset, self._last_tag)
 
-    def _begin_restore(self) -> None:
-        self._state = "restoring"
-
-    def _restore_rpc(self, method: Any) -> Any:
-        """A request of the restore itself (the channel is not open to users yet)."""
-        from .protocol.spec import Channel as ChannelSpec
-
-        if method is None:  # channel.open was sent by the engine: wait for open-ok
-            from gevent.event import AsyncResult
-
-            waiter = AsyncResult()
-            self._waiters.append(((ChannelSpec.OpenOk,), waiter))
-            return waiter.get()
-        return self._rpc_unchecked(method, method.RESPONSES)  # type: ignore[attr-defined]
-
-    def _resume(self, republish: bool) -> None:
-        """Restore finished: open to users again; republish what the user asked to."""
-        self._state = "open"
-        pending, self._republish = self._republish, []
-        engine = self.connection._engine
-        for confirmation in pending:
-            seqno = engine.publish(self.channel_number, confirmation.exchange,
-                                   confirmation.routing_key, confirmation.body,
-                                   confirmation.properties, confirmation.mandatory)
-            confirmation.seqno = seqno
-            self._confirms[seqno] = confirmation
-        self.connection._kick()
-        self._consuming.set()
-
-    def _drop_consumer(self, tag: str) -> None:
-        """A consumer whose queue did not come back: end it as a broker cancel would."""
-        from .protocol.spec import Basic
-
-        consumer = self._consumers.pop(tag, None)
-        if consumer is None:
-            return
-        if consumer.sink is not None:
-            from .exceptions import ConsumerCancelled
-
-            consumer.sink.put(ConsumerCancelled(f"queue of consumer {tag!r} is gone"))
-        for callback in self._cancel_callbacks:
-            self._dispatcher.submit(callback, Basic.Cancel(tag, True))
-        self._consuming.set()
+def _finisher(channel: Channel) -> Callable[[], None]:
+    return lambda: channel_control.finish_restore(channel)

@@ -72,11 +72,14 @@ from .settings import (
 )
 from .spec import METHODS, SERVER, Basic, Channel, Confirm, Connection, Method
 from .state import (
+    CHANNEL_LOCAL,
     CHANNEL_TRANSITIONS,
+    CONNECTION_LOCAL,
     CONNECTION_TRANSITIONS,
     Action,
     ChanState,
     ConnState,
+    Local,
     transition,
 )
 
@@ -113,6 +116,7 @@ class AMQPConnection:
         self._channels: dict[int, ChannelRecord] = {}
         self._reader = FrameReader(settings.frame_max)
         self._out: list[bytes] = [PROTOCOL_HEADER]
+        self.pending_bytes = 0  # message bodies queued in _out: the writer's back-pressure
         self._prelude = b""  # first bytes, while they might be a protocol header
         self._started = False  # a frame began: no protocol header can follow
         self._closing_error: AMQPError | None = None
@@ -120,6 +124,25 @@ class AMQPConnection:
         self._sent = False
         self._last_recv: float | None = None
         self._last_send: float | None = None
+
+    # ------------------------------------------------------------------ state (one writer)
+
+    def _enter(self, event: Local | ConnState) -> None:
+        """The only writer of `state`: a `Local` event through CONNECTION_LOCAL, or
+        the next state a method table (CONNECTION_TRANSITIONS) named."""
+        if isinstance(event, Local):
+            self.state = CONNECTION_LOCAL[self.state][event]
+        else:
+            self.state = event
+
+    @staticmethod
+    def _enter_channel(record: ChannelRecord, event: Local | ChanState) -> None:
+        """The only writer of a channel record's state (CHANNEL_LOCAL, or the next
+        state CHANNEL_TRANSITIONS named)."""
+        if isinstance(event, Local):
+            record.state = CHANNEL_LOCAL[record.state][event]
+        else:
+            record.state = event
 
     # ------------------------------------------------------------------ properties
 
@@ -144,6 +167,16 @@ class AMQPConnection:
     def open_channels(self) -> list[int]:
         return sorted(self._channels)
 
+    @property
+    def has_output(self) -> bool:
+        """Something is queued for the wire (data_to_send() would not be empty)."""
+        return bool(self._out)
+
+    @property
+    def peer_spoke(self) -> bool:
+        """The server sent at least one byte (a refusal before that is no answer)."""
+        return self._started or bool(self._prelude)
+
     # ------------------------------------------------------------------ output
 
     def data_to_send(self) -> bytes:
@@ -153,6 +186,7 @@ class AMQPConnection:
             return b""
         self._out = []
         self._sent = True
+        self.pending_bytes = 0
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _send(self, channel: int, method: Method) -> None:
@@ -226,7 +260,7 @@ class AMQPConnection:
     def _prelude_complete(self) -> bool:
         if len(self._prelude) < 8:
             return False
-        self.state = ConnState.CLOSED
+        self._enter(Local.ABORT)
         return True
 
     def _incompatible(self) -> list[ev.Event]:
@@ -237,7 +271,7 @@ class AMQPConnection:
 
     def _on_eof(self) -> list[ev.Event]:
         state = self.state
-        self.state = ConnState.CLOSED
+        self._enter(Local.EOF)
         error: AMQPError
         if state is ConnState.CLOSING:
             error = self._closing_error or ConnectionClosedByClient(200, "Normal shutdown")
@@ -259,14 +293,14 @@ class AMQPConnection:
     def _fail(self, exc: ProtocolError) -> None:
         """A protocol fault: queue connection.close with its code, or go silent if fatal."""
         if exc.fatal or self.state in (ConnState.AWAIT_START, ConnState.CLOSED):
-            self.state = ConnState.CLOSED
+            self._enter(Local.ABORT)
             self._out = []
             return
         if self.state is not ConnState.CLOSING:
             self._closing_error = exc
             text = str(exc).encode("utf-8")[:255].decode("utf-8", "ignore")
             self._out.append(encode_method(0, Connection.Close(exc.reply_code, text)))
-            self.state = ConnState.CLOSING
+            self._enter(Local.CLOSE)
 
     # ------------------------------------------------------------------ frames
 
@@ -433,7 +467,7 @@ class AMQPConnection:
         if action is Action.DROP:
             return
         previous = self.state
-        self.state = next_state  # type: ignore[assignment]
+        self._enter(next_state)  # type: ignore[arg-type]
         if action is Action.START:
             self._on_start(method, events)  # type: ignore[arg-type]
         elif action is Action.SECURE:
@@ -470,7 +504,7 @@ class AMQPConnection:
         creds = self.settings.credentials
         chosen = next((m for m in creds.mechanisms() if m in offered), None)
         if chosen is None:
-            self.state = ConnState.CLOSED
+            self._enter(Local.ABORT)
             text = (f"the server offers SASL mechanisms {offered}; {type(creds).__name__} "
                     f"needs one of {list(creds.mechanisms())}")
             events.append(ev.ConnectionClosed(0, text, False, AMQPConnectionError(text)))
@@ -499,7 +533,8 @@ class AMQPConnection:
                                    f"minimum of {FRAME_MIN_SIZE}")
         self.frame_max = negotiate_limit(s.frame_max, tune.frame_max)
         self.channel_max = negotiate_limit(s.channel_max, tune.channel_max)
-        self.heartbeat = negotiate_heartbeat(s.heartbeat, tune.heartbeat)
+        self.heartbeat = negotiate_heartbeat(s.heartbeat, tune.heartbeat,
+                                             s.zero_heartbeat_disables)
         self._reader.max_frame_size = self.frame_max
         self._sasl_response = b""
         self._send(0, Connection.TuneOk(self.channel_max, self.frame_max, self.heartbeat))
@@ -541,7 +576,7 @@ class AMQPConnection:
             raise CommandInvalid(f"{method.NAME} not expected on channel {channel} in state "
                                  f"{state.value}")
         action, next_state = step
-        record.state = next_state  # type: ignore[assignment]
+        self._enter_channel(record, next_state)  # type: ignore[arg-type]
         if action is Action.OPENED:
             events.append(ev.ChannelOpened(channel))
         elif action is Action.PEER_CLOSE:
@@ -600,7 +635,7 @@ class AMQPConnection:
         if record is None or record.state is ChanState.CLOSING:
             return
         self._require_open()
-        record.state = ChanState.CLOSING
+        self._enter_channel(record, Local.CLOSE)
         record.close_reason = (reply_code, reply_text)
         record.reset_content()
         self._send(channel, Channel.Close(reply_code, reply_text, 0, 0))
@@ -623,6 +658,7 @@ class AMQPConnection:
         in confirm mode, else 0."""
         record = self._open_record(channel)
         self._out.append(encode_content(channel, method, properties, body, self.frame_max))
+        self.pending_bytes += len(body)
         if record.confirm_mode:
             record.publish_seqno += 1
             return record.publish_seqno
@@ -637,6 +673,7 @@ class AMQPConnection:
             record = self._open_record(channel)
         self._out.append(encode_publish(channel, exchange, routing_key, body, properties,
                                         self.frame_max, mandatory, immediate))
+        self.pending_bytes += len(body) + 64  # a frame's overhead, roughly: empty bodies count
         if record.confirm_mode:
             record.publish_seqno += 1
             return record.publish_seqno
@@ -659,11 +696,11 @@ class AMQPConnection:
         if self.state in (ConnState.CLOSING, ConnState.CLOSED):
             return False
         if self.state is ConnState.AWAIT_START:
-            self.state = ConnState.CLOSED
+            self._enter(Local.CLOSE)
             return False
         self._closing_error = ConnectionClosedByClient(reply_code, reply_text)
         self._send(0, Connection.Close(reply_code, reply_text, class_id, method_id))
-        self.state = ConnState.CLOSING
+        self._enter(Local.CLOSE)
         return True
 
     # ------------------------------------------------------------------ time
@@ -689,7 +726,7 @@ class AMQPConnection:
         silent = now - self._last_recv
         if silent < 2 * interval:
             return []
-        self.state = ConnState.CLOSED
+        self._enter(Local.ABORT)
         self._out = []
         error = AMQPHeartbeatTimeout(f"no data from the server for {silent:.1f} s "
                                      f"(heartbeat {interval} s)")

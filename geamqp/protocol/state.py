@@ -18,9 +18,13 @@ Rules worth stating:
   channel number is reused only after close-ok has passed both ways.
 - A method not in the table for the current state is 503 COMMAND_INVALID.
 
-The tables below are the whole of it; `connection.py` only carries them out.
-Each entry is ``incoming method -> (action, next state)``; ``ANY`` matches
-methods without an entry of their own.
+The tables below are the whole of it; `connection.py` only carries them out,
+and writes a state nowhere else (`AMQPConnection._enter` and
+`_enter_channel` are its only writers). Each entry of the method tables is
+``incoming method -> (action, next state)``; ``ANY`` matches methods without
+an entry of their own. What the client itself does or observes — sending
+close, giving up on a broken peer, the stream ending — is a `Local` event,
+with its own tables (`CONNECTION_LOCAL`, `CHANNEL_LOCAL`).
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from typing import Final
 
 from .spec import Channel, Connection, Method
 
-__all__ = ["ANY", "CHANNEL_TRANSITIONS", "CONNECTION_TRANSITIONS", "Action", "ChanState",
-           "ConnState"]
+__all__ = ["ANY", "CHANNEL_LOCAL", "CHANNEL_TRANSITIONS", "CONNECTION_LOCAL",
+           "CONNECTION_TRANSITIONS", "Action", "ChanState", "ConnState", "Local"]
 
 
 class ConnState(enum.Enum):
@@ -63,6 +67,14 @@ class Action(enum.Enum):
     FLOW = "reply flow-ok, report the method"
     DELIVER = "report the method (content follows for content methods)"
     DROP = "drop silently"
+
+
+class Local(enum.Enum):
+    """What the client does or observes, as opposed to a method arriving."""
+
+    CLOSE = "the client sends close"
+    ABORT = "the client gives up: fatal frame error, foreign protocol, silent peer"
+    EOF = "the peer closed the stream"
 
 
 class _Any:
@@ -120,6 +132,25 @@ CHANNEL_TRANSITIONS: dict[ChanState, Transitions] = {
         Channel.CloseOk: (Action.CLOSE_OK, C.CLOSED),
         ANY: (Action.DROP, C.CLOSING),
     },
+}
+
+
+_ENDED = {Local.ABORT: ConnState.CLOSED, Local.EOF: ConnState.CLOSED}
+
+CONNECTION_LOCAL: dict[ConnState, dict[Local, ConnState]] = {
+    # Before connection.start nothing can be closed politely: close means drop.
+    S.AWAIT_START: {Local.CLOSE: S.CLOSED, **_ENDED},
+    S.AWAIT_TUNE: {Local.CLOSE: S.CLOSING, **_ENDED},
+    S.AWAIT_OPEN_OK: {Local.CLOSE: S.CLOSING, **_ENDED},
+    S.OPEN: {Local.CLOSE: S.CLOSING, **_ENDED},
+    S.CLOSING: {Local.CLOSE: S.CLOSING, **_ENDED},
+    S.CLOSED: {Local.CLOSE: S.CLOSED, **_ENDED},
+}
+
+CHANNEL_LOCAL: dict[ChanState, dict[Local, ChanState]] = {
+    C.OPENING: {Local.CLOSE: C.CLOSING},
+    C.OPEN: {Local.CLOSE: C.CLOSING},
+    C.CLOSING: {Local.CLOSE: C.CLOSING},
 }
 
 

@@ -89,18 +89,18 @@ class Watch:
 
 
 class RestoreLog:
-    """Records every request that goes through Channel._rpc_unchecked (the path
-    both user requests and the supervisor's replay take): (channel number, method)."""
+    """Records every request that goes through Channel._call (the path both user
+    requests and the supervisor's replay take): (channel number, method)."""
 
     def __init__(self, monkeypatch: Any) -> None:
         self.requests: list[tuple[int, Any]] = []
-        original = Channel._rpc_unchecked
+        original = Channel._call
 
-        def spy(channel: Channel, method: Any, replies: Any) -> Any:
+        def spy(channel: Channel, method: Any, replies: Any, effect: Any) -> Any:
             self.requests.append((channel.channel_number, method))
-            return original(channel, method, replies)
+            return original(channel, method, replies, effect)
 
-        monkeypatch.setattr(Channel, "_rpc_unchecked", spy)
+        monkeypatch.setattr(Channel, "_call", spy)
 
     def mark(self) -> int:
         return len(self.requests)

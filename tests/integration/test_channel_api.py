@@ -23,7 +23,9 @@ import geamqp
 from geamqp.exceptions import (
     ChannelClosedByBroker,
     ChannelClosedByClient,
+    ChannelWrongStateError,
     ConnectionClosedByClient,
+    ConnectionWrongStateError,
     NoFreeChannels,
     UnroutableError,
 )
@@ -195,13 +197,14 @@ def test_passive_declare_of_missing_queue_closes_only_the_channel(conn, ch, name
     assert "NOT_FOUND" in error.reply_text
     assert ch.is_closed and not ch.is_open
 
-    with pytest.raises(ChannelClosedByBroker) as again:
+    # Later calls: the channel is in the wrong state, and says why it closed.
+    with pytest.raises(ChannelWrongStateError) as again:
         ch.queue_declare(names.queue())
-    assert again.value is error
-    with pytest.raises(ChannelClosedByBroker) as publish:
+    assert again.value.__cause__ is error
+    with pytest.raises(ChannelWrongStateError) as publish:
         ch.basic_publish("", "anything", b"x")
-    assert publish.value is error
-    with pytest.raises(ChannelClosedByBroker):
+    assert publish.value.__cause__ is error
+    with pytest.raises(ChannelWrongStateError):
         ch.basic_get("anything")
     wait_for(lambda: closed, 5, "the channel close callback")
     assert closed == [(ch, error)]
@@ -406,7 +409,7 @@ def test_200_greenlets_share_one_channel(conn, names):
     gevent.joinall(workers, timeout=30, raise_error=True)
     assert all(w.dead for w in workers)
     assert errors == []
-    assert ch.is_open and not ch._waiters and not ch._confirms
+    assert ch.is_open and not ch._requests and not ch._confirms
 
 
 # ---------------------------------------------------------------- channels
@@ -438,7 +441,7 @@ def test_10k_channel_open_close_cycles_leave_no_records(conn):
     elapsed = time.monotonic() - started
     assert numbers == {1}  # the number is free again once close-ok arrived
     assert conn._channels == {}
-    assert conn._engine.open_channels == []
+    assert conn._link.engine.open_channels == []
     assert elapsed < 30, f"10,000 cycles took {elapsed:.1f} s"
     assert conn.channel().queue_declare("", exclusive=True).queue
 
@@ -472,8 +475,9 @@ def test_channel_close_callback_and_state(conn):
     wait_for(lambda: closed, 5, "the close callback")
     [(channel, exc)] = closed
     assert channel is ch and isinstance(exc, ChannelClosedByClient)
-    with pytest.raises(ChannelClosedByClient):
+    with pytest.raises(ChannelWrongStateError) as later:
         ch.queue_declare("")
+    assert later.value.__cause__ is exc
 
 
 def test_channel_close_from_many_greenlets(conn):
@@ -590,7 +594,7 @@ def test_close_with_requests_in_flight_releases_every_waiter(conn, names):
     for getter in getters:
         assert getter.value == (None, None, None) or isinstance(getter.value,
                                                                 ChannelClosedByClient)
-    assert ch.is_closed and not ch._waiters and conn._channels == {}
+    assert ch.is_closed and not ch._requests and conn._channels == {}
 
 
 def test_close_with_confirms_outstanding_resolves_each(conn, names):
@@ -624,10 +628,12 @@ def test_connection_close_fails_outstanding_confirms_and_waiters(broker, names):
         assert confirmation.done()
         with contextlib.suppress(ConnectionClosedByClient):
             assert confirmation.wait(0) is True
-    with pytest.raises(ConnectionClosedByClient):
+    with pytest.raises(ChannelWrongStateError) as later:
         ch.basic_publish("", queue, b"after close")
-    with pytest.raises(ConnectionClosedByClient):
+    assert isinstance(later.value.__cause__, ConnectionClosedByClient)
+    with pytest.raises(ConnectionWrongStateError) as refused:
         conn.channel()
+    assert isinstance(refused.value.__cause__, ConnectionClosedByClient)
 
 
 def test_large_message_spanning_many_frames(cch, names):

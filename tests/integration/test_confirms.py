@@ -176,7 +176,7 @@ def test_each_of_many_confirmations_resolves_exactly_once(ch, names, monkeypatch
     queue = names.queue()
     ch.queue_declare(queue)
     resolutions: Counter[int] = Counter()
-    for name in ("_ack", "_nack", "_fail"):
+    for name in ("set_acked", "set_nacked", "set_failed"):
         original = getattr(Confirmation, name)
 
         def counted(self, *args, _original=original):
@@ -246,10 +246,10 @@ def test_ack_arriving_while_the_publisher_waits_for_the_writer(conn, ch, names, 
     ch._on_confirm = confirm_and_signal  # type: ignore[method-assign]
 
     def slow_writer() -> None:  # the writer only catches up after the broker answered
-        conn._transport.kick()
+        conn._link.transport.kick()
         assert acked.wait(5)
 
-    monkeypatch.setattr(conn._transport, "throttle", slow_writer)
+    monkeypatch.setattr(conn._link.transport, "throttle", slow_writer)
     confirmation = ch.basic_publish("", queue, b"parked", wait=False)
     assert seen == [("ack", 1, False)]
     assert confirmation.wait(timeout=5) is True
@@ -276,7 +276,7 @@ def test_return_callback_without_confirms(conn, names):
     assert (method.exchange, method.routing_key) == (exchange, "rk")
     assert properties.correlation_id == "c-9"
     assert body == b"bounced"
-    assert where is not conn._transport._reader
+    assert where is not conn._link.transport._reader
     assert where is ch._dispatcher._greenlet
 
 

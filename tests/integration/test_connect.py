@@ -31,7 +31,7 @@ from transport_helpers import (
 )
 
 import geamqp
-import geamqp.connection
+import geamqp._link
 from geamqp import ConnectionParameters, PlainCredentials, SSLOptions, URLParameters
 from geamqp.exceptions import (
     AMQPConnectionError,
@@ -76,8 +76,8 @@ def test_connect_by_connection_parameters(broker):
     with geamqp.connect(params, recover=False) as conn:
         _roundtrip(conn)
         # what was asked for is what the connection runs with (the broker allows more)
-        assert (conn._engine.heartbeat, conn._engine.frame_max, conn._engine.channel_max) == (
-            7, 8192, 100)
+        engine = conn._link.engine
+        assert (engine.heartbeat, engine.frame_max, engine.channel_max) == (7, 8192, 100)
 
 
 def test_list_tries_candidates_in_order_until_one_answers(broker):
@@ -153,13 +153,13 @@ def test_unresolvable_host_is_a_connection_error():
 def test_connection_attempts_against_a_refused_port(monkeypatch):
     holder, port = _refused_port()
     attempts = []
-    real_open = geamqp.connection.open_socket
+    real_open = geamqp._link.open_socket
 
     def counting_open(params, deadline):
         attempts.append(time.monotonic())
         return real_open(params, deadline)
 
-    monkeypatch.setattr(geamqp.connection, "open_socket", counting_open)
+    monkeypatch.setattr(geamqp._link, "open_socket", counting_open)
     with holder, pytest.raises(AMQPConnectionError) as info:
         geamqp.connect(ConnectionParameters(
             host="127.0.0.1", port=port, connection_attempts=3, retry_delay=0.2), recover=False)

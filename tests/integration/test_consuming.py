@@ -127,7 +127,7 @@ def test_callbacks_run_in_the_dispatcher_in_delivery_order(conn, ch, pub, names)
     [where] = collect.greenlets
     assert where is ch._dispatcher._greenlet
     assert where is not gevent.getcurrent()
-    assert where is not conn._transport._reader
+    assert where is not conn._link.transport._reader
     assert tag in ch.consumer_tags
 
 

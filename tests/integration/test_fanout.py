@@ -254,7 +254,7 @@ def test_idle_connections_cost_next_to_no_cpu(broker: BrokerEndpoint, unique_nam
             channel = conn.channel()
             queue = channel.queue_declare("", exclusive=True).queue
             channel.basic_consume(queue, lambda *_: None)
-        assert {c._engine.heartbeat for c in conns} == {2}
+        assert {c._link.engine.heartbeat for c in conns} == {2}
 
         # Objects left by earlier tests are not ours to collect during the measurement.
         gc.collect()
@@ -365,7 +365,7 @@ def _connection_greenlets(conn: geamqp.Connection,
                           channels: Sequence[geamqp.Channel]) -> set[gevent.Greenlet]:
     """Everything geamqp runs for `conn`: transport (reader, writer, heartbeat),
     hub-callback runner, dispatchers, callback pools."""
-    return _live_greenlets_run_by(conn, conn._transport, conn._bridge, conn._dispatcher,
+    return _live_greenlets_run_by(conn, conn._link.transport, conn._bridge, conn._dispatcher,
                                   *channels, *(channel._dispatcher for channel in channels))
 
 

@@ -40,7 +40,7 @@ def test_idle_connection_sends_heartbeats_and_the_broker_keeps_it(broker, monkey
     spies = spy_sockets(monkeypatch)
     with geamqp.connect(f"{broker.url()}?heartbeat=1", name=unique_name,
                         recover=False) as conn:
-        assert conn._engine.heartbeat == 1
+        assert conn._link.engine.heartbeat == 1
         closed = Closed(conn)
         [spy] = spies
         started = time.monotonic()

@@ -55,7 +55,7 @@ def test_window_bounds_outstanding_publishes(conn: geamqp.Connection, unique_nam
     queue = conn.channel().queue_declare(unique_name, exclusive=True).queue
     publisher = geamqp.Publisher(conn, channels=2, window=5)
     peak = 0
-    engine = conn._engine
+    engine = conn._link.engine
     original = engine.publish
 
     def spy(*args: object, **kwargs: object) -> int:

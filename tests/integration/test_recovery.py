@@ -132,8 +132,9 @@ def test_no_recovery_after_the_applications_close(proxy):
     assert isinstance(watch.closed.get(timeout=5), geamqp.ConnectionClosedByClient)
     assert not watch.lost and not conn.is_recovering and conn.is_closed
     assert proxy.connections_accepted == 1
-    with pytest.raises(geamqp.ConnectionClosedByClient):
+    with pytest.raises(geamqp.ChannelWrongStateError) as later:
         ch.queue_declare("", exclusive=True)
+    assert isinstance(later.value.__cause__, geamqp.ConnectionClosedByClient)
 
 
 def test_no_recovery_after_a_failed_first_connect(proxy):
@@ -414,8 +415,9 @@ def test_requests_made_while_recovering_wait_and_succeed(broker, proxy, unique_n
                 "declare": spawn_catching(ch.queue_declare, "", False, False, True),
                 "publish": spawn_catching(ch.basic_publish, "", queue, b"second"),
                 "channel": spawn_catching(conn.channel),
-                "ack": spawn_catching(ch.basic_ack, method.delivery_tag),
             }
+            # an ack of the lost generation's tag is dropped at once, without waiting
+            assert ch.basic_ack(method.delivery_tag) is None
             gevent.sleep(0)  # let them all reach their wait
             assert not any(g.ready() for g in waiting.values())
             proxy.refuse(False)
@@ -423,7 +425,6 @@ def test_requests_made_while_recovering_wait_and_succeed(broker, proxy, unique_n
             assert outcomes["declare"].queue.startswith("amq.gen-")
             assert outcomes["publish"] is None  # confirmed
             assert isinstance(outcomes["channel"], geamqp.Channel) and outcomes["channel"].is_open
-            assert outcomes["ack"] is None  # a tag of the lost generation: dropped
             first = ch.basic_get(queue, auto_ack=True)
             assert first[2] == b"first" and first[0].redelivered
             assert ch.basic_get(queue, auto_ack=True)[2] == b"second"
@@ -450,7 +451,7 @@ def test_requests_in_flight_raise_the_loss(proxy, unique_name):
         # The broker closes: its connection.close overtakes a request held on the way in.
         proxy.throttle(0, "to_broker")
         closed_rpc = spawn_catching(ch.queue_declare, "", False, False, True)
-        wait_for(lambda: ch._waiters, 5, "the declare to be sent")
+        wait_for(lambda: ch._requests, 5, "the declare to be sent")
         broker_ctl.close_connection(unique_name)
         [outcome] = joined([closed_rpc], 10)
         assert isinstance(outcome, ConnectionClosedByBroker) and outcome.reply_code == 320
@@ -481,10 +482,14 @@ def test_recovery_gives_up_after_max_attempts(proxy):
         assert raised is failure
         assert conn.is_closed and not conn.is_recovering
         assert len(conn._supervisor.attempts if conn._supervisor else attempts) == 3
-        for call in (conn.channel, lambda: ch.basic_publish("", queue, b"x"),
+        with pytest.raises(geamqp.ConnectionWrongStateError) as refused:
+            conn.channel()
+        assert refused.value.__cause__ is failure
+        for call in (lambda: ch.basic_publish("", queue, b"x"),
                      lambda: ch.queue_declare("", exclusive=True)):
-            with pytest.raises(AMQPConnectionError):
+            with pytest.raises(geamqp.ChannelWrongStateError) as later:
                 call()
+            assert later.value.__cause__ is failure
     finally:
         proxy.heal()
     assert not watch.recovered

@@ -166,7 +166,7 @@ def test_public_methods_from_foreign_threads_return_and_raise_there(
 def test_concurrent_close_from_greenlets_and_threads_sends_one_close_frame(
         broker: BrokerEndpoint) -> None:
     conn = geamqp.connect(broker.url(), name="test-threads-close-race")
-    engine = conn._engine
+    engine = conn._link.engine
     sent: list[bytes] = []
     original = engine.data_to_send
 
@@ -211,7 +211,7 @@ def test_foreign_thread_calls_racing_a_connection_loss_all_return_or_raise(
         t.start()
     gevent.get_hub().threadpool.spawn(running.wait).get()
     gevent.sleep(0.2)
-    conn._transport._sock.close()  # the link dies under them
+    conn._link.transport._sock.close()  # the link dies under them
     deadline = time.monotonic() + 15
     while any(t.is_alive() for t in threads):
         assert time.monotonic() < deadline, "a foreign-thread call hung"

@@ -36,8 +36,10 @@ import geamqp
 from geamqp.exceptions import (
     AMQPConnectionError,
     AMQPHeartbeatTimeout,
+    ChannelWrongStateError,
     ConnectionClosedByBroker,
     ConnectionClosedByClient,
+    ConnectionWrongStateError,
     StreamLostError,
 )
 
@@ -47,7 +49,7 @@ CONNECTION_CLOSE = (10, 50)
 
 def _consumer_ready(ch: geamqp.Channel) -> bool:
     """A consume() generator has its consume-ok: a tag and no RPC outstanding."""
-    return bool(ch.consumer_tags) and not ch._waiters
+    return bool(ch.consumer_tags) and not ch._requests
 
 
 # ---------------------------------------------------------------- resets (RELIABILITY 20)
@@ -75,8 +77,9 @@ def test_reset_mid_frame_releases_every_waiter(proxy):
         assert isinstance(outcome, StreamLostError), (name, outcome)
     assert isinstance(closed.wait(1), StreamLostError)
     assert conn.is_closed and not conn.is_open
-    with pytest.raises(StreamLostError):
+    with pytest.raises(ConnectionWrongStateError) as refused:
         conn.channel()
+    assert isinstance(refused.value.__cause__, StreamLostError)
     conn.close()  # closing a lost connection is a no-op, not an error
     wait_no_geamqp_greenlets(before)
 
@@ -124,8 +127,9 @@ def test_unacked_deliveries_come_back_redelivered_after_a_reset(broker, proxy, u
             proxy.reset_all()
             assert isinstance(closed.wait(5), StreamLostError)
             # a delivery tag of the dead connection is never sent on (no stale-tag 406)
-            with pytest.raises(AMQPConnectionError):
+            with pytest.raises(ChannelWrongStateError) as refused:
                 ch.basic_ack(got[0].delivery_tag)
+            assert isinstance(refused.value.__cause__, StreamLostError)
 
             again = []
             generator = dch.consume(queue, inactivity_timeout=5)
@@ -147,7 +151,7 @@ def test_unacked_deliveries_come_back_redelivered_after_a_reset(broker, proxy, u
 def test_blackhole_is_detected_by_heartbeats_and_releases_every_waiter(proxy):
     before = geamqp_greenlets()
     conn = geamqp.connect(f"{proxy.url()}?heartbeat=2", recover=False)
-    assert conn._engine.heartbeat == 2
+    assert conn._link.engine.heartbeat == 2
     closed = Closed(conn)
     consuming, confirming, rpc = (conn.channel() for _ in range(3))
     queue = consuming.queue_declare("", exclusive=True).queue
@@ -253,8 +257,9 @@ def test_rabbitmqctl_close_connection_reaches_waiters_and_callback(broker, uniqu
     for outcome in joined(waiters, 2):
         assert isinstance(outcome, ConnectionClosedByBroker), outcome
         assert outcome.reply_code == 320
-    with pytest.raises(ConnectionClosedByBroker):
+    with pytest.raises(ConnectionWrongStateError) as refused:
         conn.channel()
+    assert isinstance(refused.value.__cause__, ConnectionClosedByBroker)
     assert closed.calls == 1
 
 
@@ -272,7 +277,7 @@ def test_100_greenlets_publishing_in_one_turn_make_one_sendall(broker, monkeypat
         publishers = [gevent.spawn(ch.basic_publish, "", queue, f"m{i}".encode(), wait=False)
                       for i in range(100)]
         gevent.joinall(publishers, raise_error=True)
-        assert conn._transport.flush(5)
+        assert conn._link.transport.flush(5)
         batches = [count_method(data, *BASIC_PUBLISH) for data in spy.sends[sends_before:]]
         assert sum(batches) == 100
         assert len([n for n in batches if n]) <= 2, batches  # one, or two at a turn's edge
@@ -283,7 +288,7 @@ def test_100_greenlets_publishing_in_one_turn_make_one_sendall(broker, monkeypat
 def test_multi_frame_publishes_never_interleave(broker, monkeypatch):
     spies = spy_sockets(monkeypatch)
     with geamqp.connect(f"{broker.url()}?frame_max=4096", recover=False) as conn:
-        assert conn._engine.frame_max == 4096
+        assert conn._link.engine.frame_max == 4096
         [spy] = spies
         channels = [conn.channel() for _ in range(4)]
         for ch in channels:

@@ -28,7 +28,7 @@ from gevent.event import AsyncResult, Event
 from gevent.pool import Group
 
 import geamqp
-import geamqp.connection
+import geamqp._link
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
@@ -72,14 +72,14 @@ class SpySocket:
 def spy_sockets(monkeypatch: Any) -> list[SpySocket]:
     """From now on every connection's socket is a SpySocket; returns them in order."""
     spies: list[SpySocket] = []
-    real_open = geamqp.connection.open_socket
+    real_open = geamqp._link.open_socket
 
     def open_and_spy(params: Any, deadline: float) -> SpySocket:
         spy = SpySocket(real_open(params, deadline))
         spies.append(spy)
         return spy
 
-    monkeypatch.setattr(geamqp.connection, "open_socket", open_and_spy)
+    monkeypatch.setattr(geamqp._link, "open_socket", open_and_spy)
     return spies
 
 
