@@ -70,13 +70,14 @@ class ConnectionParameters:
         ssl_options: SSLOptions | None = None,
         connection_attempts: int = 1,
         retry_delay: float = 2.0,
-        socket_timeout: float = 10.0,
-        stack_timeout: float = 15.0,
+        socket_timeout: float | None = 10.0,
+        stack_timeout: float | None = 15.0,
         locale: str = "en_US",
         blocked_connection_timeout: float | None = None,
         client_properties: dict[str, Any] | None = None,
         connection_name: str | None = None,
         max_message_size: int = 128 * 1024 * 1024,
+        zero_heartbeat_disables: bool = False,
     ) -> None:
         self.host = host
         self.port = port if port is not None else (DEFAULT_SSL_PORT if ssl_options
@@ -96,8 +97,13 @@ class ConnectionParameters:
         if float(retry_delay) < 0:
             raise ValueError(f"retry_delay must not be negative, not {retry_delay!r}")
         self.retry_delay = float(retry_delay)
-        self.socket_timeout = _positive_float("socket_timeout", socket_timeout)
-        self.stack_timeout = _positive_float("stack_timeout", stack_timeout)
+        # None: no limit (pika's meaning). Without a socket timeout a stalled write is
+        # found by heartbeats instead; without a stack timeout a silent server hangs
+        # the connect until the socket timeout or the heartbeat gives up.
+        self.socket_timeout = (None if socket_timeout is None
+                               else _positive_float("socket_timeout", socket_timeout))
+        self.stack_timeout = (None if stack_timeout is None
+                              else _positive_float("stack_timeout", stack_timeout))
         self.locale = locale
         self.blocked_connection_timeout = (
             None if blocked_connection_timeout is None
@@ -105,6 +111,8 @@ class ConnectionParameters:
         self.client_properties = dict(client_properties or {})
         self.connection_name = connection_name
         self.max_message_size = max_message_size
+        # heartbeat=0 means "off" (pika) rather than "take the server's" (RabbitMQ)
+        self.zero_heartbeat_disables = zero_heartbeat_disables
 
     def __repr__(self) -> str:
         user = getattr(self.credentials, "username", None)

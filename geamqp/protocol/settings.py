@@ -41,6 +41,9 @@ class ClientSettings:
     connection_name: str | None = None
     client_properties: dict[str, Any] = field(default_factory=dict)
     locale: str = "en_US"
+    # pika's rule instead of RabbitMQ's: a heartbeat of 0 asked for by the client
+    # turns heartbeats off whatever the server proposes (the compat layer's choice).
+    zero_heartbeat_disables: bool = False
 
     def __post_init__(self) -> None:
         if not FRAME_MIN_SIZE <= self.frame_max <= 0x7FFFFFFF:
@@ -53,10 +56,13 @@ class ClientSettings:
             raise ValueError("max_message_size must not be negative")
 
 
-def negotiate_heartbeat(client: int | None, server: int) -> int:
-    """If either side is 0 take the other, else the smaller (RabbitMQ's rule)."""
+def negotiate_heartbeat(client: int | None, server: int, zero_disables: bool = False) -> int:
+    """If either side is 0 take the other, else the smaller (RabbitMQ's rule);
+    with `zero_disables`, a client's 0 is 0 (pika's rule)."""
     if client is None:
         return server
+    if zero_disables and client == 0:
+        return 0
     if client == 0 or server == 0:
         return client or server
     return min(client, server)
