@@ -110,8 +110,9 @@ class BlockingChannel:
         return list(self._consumers)
 
     def _check_open(self) -> None:
-        """Raise as pika would for a call on a channel that is not open (module docs)."""
-        if self._impl.is_open:
+        """Raise as pika would for a call on a channel that is closed (module docs). A
+        channel that geamqp is recovering is not closed: its calls wait for it."""
+        if not self._impl.is_closed:
             return
         self._connection._raise_loss_once()
         reason = self._reason()
@@ -197,7 +198,7 @@ class BlockingChannel:
     def _dispatch_events(self) -> None:
         """Run the events recorded so far (not those arriving meanwhile: bounded)."""
         for _ in range(len(self._pending)):
-            if not self._pending or not self._impl.is_open:
+            if not self._pending or self._impl.is_closed or self._impl.is_closing:
                 return
             event = self._pending.popleft()
             kind = type(event)

@@ -184,7 +184,7 @@ class BlockingConnection:
             raise reason
 
     def _check_open(self) -> None:
-        if self._impl.is_open:
+        if not self._impl.is_closed:  # open, or being recovered (calls wait for that)
             return
         self._raise_loss_once()
         raise exc.ConnectionWrongStateError(
