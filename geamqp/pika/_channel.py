@@ -26,6 +26,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent.event import Event
 
 from . import exceptions as exc
 from . import frame
@@ -53,6 +54,9 @@ log = logging.getLogger("geamqp.pika")
 
 Message = tuple[Any, Any, Any]
 
+# How long geamqp may take to report why a closed channel closed (it does at once).
+_REASON_WAIT = 5.0
+
 
 @hub_bound()
 class BlockingChannel:
@@ -67,6 +71,7 @@ class BlockingChannel:
         self._generator: ConsumerInfo | None = None
         self._confirming = False
         self._closing_reason: BaseException | None = None
+        self._close_seen = Event()
         self._reported = False
         self._cancel_callbacks: list[Callable[..., Any]] = []
         self._return_callbacks: list[Callable[..., Any]] = []
@@ -123,8 +128,9 @@ class BlockingChannel:
             f"channel {self.channel_number} is closed ({reason!r})") from reason
 
     def _reason(self) -> BaseException | None:
-        if self._closing_reason is None and self._impl.is_closed:
-            self._connection._wait_close_callbacks()
+        """Why the channel closed: geamqp reports it from its own greenlet, just after."""
+        if self._impl.is_closed and not self._close_seen.is_set():
+            self._close_seen.wait(_REASON_WAIT)
         return self._closing_reason
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -146,6 +152,7 @@ class BlockingChannel:
 
     def _on_impl_closed(self, _channel: Any, reason: BaseException) -> None:
         self._closing_reason = reason
+        self._close_seen.set()
         if isinstance(reason, exc.ChannelClosedByBroker):
             self._cleanup()
         self._connection._request_dispatch(self)

@@ -16,10 +16,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from support.broker import BrokerEndpoint, port_open  # noqa: E402
-from support.faultproxy import FaultProxy  # noqa: E402
+from support.broker import BrokerEndpoint, port_open
+from support.faultproxy import FaultProxy
 
-import geamqp.pika  # noqa: E402
+import geamqp.pika
 
 
 @pytest.fixture(scope="session")

@@ -236,7 +236,12 @@ class BlockingConnection:
             while self._channels_pending:
                 number = next(iter(self._channels_pending))
                 channel = self._channels_pending.pop(number)
-                channel._dispatch_events()
+                try:
+                    channel._dispatch_events()
+                except BaseException:  # a callback raised: what it left waits for next time
+                    if channel._pending:
+                        self._channels_pending.setdefault(number, channel)
+                    raise
         finally:
             self._dispatcher = None
             self._wake.set()  # other greenlets waiting to dispatch look again
