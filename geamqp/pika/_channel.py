@@ -464,6 +464,8 @@ class BlockingChannel:
         check_str(routing_key, "routing_key")
         if not isinstance(body, (bytes, str)):
             raise TypeError(f"body must be bytes or str, not {type(body).__name__}")
+        if properties is not None and isinstance(properties.delivery_mode, Enum):
+            properties.delivery_mode = properties.delivery_mode.value  # pika.DeliveryMode
         try:
             self._call(self._impl.basic_publish, exchange, routing_key, body, properties,
                        mandatory)

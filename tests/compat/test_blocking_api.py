@@ -66,7 +66,7 @@ def test_rpc_methods_return_frames(pika: Any, ch: Any, unique_name: str) -> None
 def test_basic_get(pika: Any, ch: Any, queue: str) -> None:
     assert ch.basic_get(queue) == (None, None, None)
     props = pika.BasicProperties(content_type="text/plain", headers={"k": 1},
-                                 delivery_mode=pika.DeliveryMode.Persistent.value)
+                                 delivery_mode=pika.DeliveryMode.Persistent)
     ch.basic_publish("", queue, "héllo", properties=props)
     method, properties, body = ch.basic_get(queue, auto_ack=True)
     assert isinstance(method, pika.spec.Basic.GetOk)
