@@ -369,6 +369,27 @@ def test_heartbeat_is_negotiated(pika: Any, broker: Any, unique_name: str) -> No
                                      what="heartbeat 7")
 
 
+def test_heartbeats_survive_a_slow_cooperative_handler(pika: Any, broker: Any,
+                                                       unique_name: str) -> None:
+    """A handler that yields (gevent.sleep, or time.sleep when monkey-patched) for three
+    heartbeat intervals: geamqp's reader keeps answering, the ack goes through."""
+    params = pika.ConnectionParameters(broker.host, broker.port, heartbeat=1)
+    with pika.BlockingConnection(params, name=unique_name) as conn:
+        ch = conn.channel()
+        queue = ch.queue_declare("", exclusive=True).method.queue
+
+        def slow(channel: Any, method: Any, properties: Any, body: bytes) -> None:
+            gevent.sleep(3)
+            channel.basic_ack(method.delivery_tag)
+            channel.stop_consuming()
+
+        ch.basic_consume(queue, slow)
+        ch.basic_publish("", queue, b"slow")
+        ch.start_consuming()
+        assert conn.is_open and _broker_heartbeat(unique_name) == 1
+        wait_delivered(queue, 0)  # the ack sent after the slow work was taken
+
+
 @pytest.mark.xfail(strict=True, reason="geamqp core has no way to send heartbeat 0 in "
                    "tune-ok yet (RabbitMQ's rule: 0 takes the server's value)")
 @pytest.mark.parametrize("heartbeat", [0, lambda conn, offered: 0])
