@@ -133,3 +133,18 @@ def test_wrong_types_raise_type_error_naming_the_argument(ch: Any, call: Any,
     with pytest.raises(TypeError, match=named):
         call(ch)
     assert ch.is_open  # nothing was sent
+
+
+def test_failed_connects_raise_pikas_exceptions(pika: Any, broker: Any, proxy: Any) -> None:
+    proxy.refuse(True)
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(pika.ConnectionParameters(proxy.host, proxy.port))
+    wrong = pika.ConnectionParameters(broker.host, broker.port,
+                                      credentials=pika.PlainCredentials("guest", "wrong"))
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError) as info:
+        pika.BlockingConnection(wrong)
+    assert "wrong" not in str(info.value) and "wrong" not in repr(wrong)
+    with pytest.raises(ValueError, match="empty"):
+        pika.BlockingConnection([])
+    with pytest.raises(TypeError, match="parameters"):
+        pika.BlockingConnection("amqp://guest:guest@127.0.0.1/")
