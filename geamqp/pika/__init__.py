@@ -19,6 +19,17 @@ from .spec import BasicProperties
 
 __version__ = "1.3.2"  # the pika API this module follows
 
+_ASYNC_ADAPTERS = ("SelectConnection", "AsyncioConnection", "TornadoConnection",
+                   "TwistedProtocolConnection", "GeventConnection")
+
+
+def __getattr__(name: str) -> object:
+    if name in _ASYNC_ADAPTERS:
+        raise AttributeError(
+            f"geamqp.pika has no {name}: only pika's blocking adapter is provided; callback "
+            f"code moves to geamqp's native API (see docs/migrating-from-pika.md)")
+    raise AttributeError(f"module 'geamqp.pika' has no attribute {name!r}")
+
 __all__ = [
     "BasicProperties",
     "BlockingChannel",

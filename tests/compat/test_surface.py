@@ -87,3 +87,10 @@ def test_url_parameters(pika: Any) -> None:
     assert (params.host, params.port, params.virtual_host) == ("127.0.0.1", 5673, "/v")
     with pytest.raises(TypeError, match="url"):
         pika.URLParameters(None)
+
+
+def test_asynchronous_adapters_are_named_as_missing(pika: Any) -> None:
+    with pytest.raises(AttributeError, match="blocking adapter"):
+        pika.SelectConnection  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'Nonsense'"):
+        pika.Nonsense  # noqa: B018
