@@ -40,3 +40,8 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# The pika drop-in (geamqp.pika) alone; `make test` runs these too.
+.PHONY: test-compat
+test-compat: venv broker
+	$(PY) -m pytest tests/compat -m "not broker_disruptive" -q
