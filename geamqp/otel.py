@@ -43,6 +43,12 @@ time, s), ``geamqp.publish.confirm.duration`` (s, attribute
 ``messaging.operation.name``: ack / nack / reject), ``geamqp.thread_callbacks.pending``.
 Attributes on metrics are bounded: ``messaging.system``,
 ``geamqp.connection.name`` and ``geamqp.vhost`` (no queue or routing key).
+Counters and up-down counters are observable instruments reading plain
+numbers the collector keeps, so a publish or delivery costs an addition, not
+an SDK call; histograms are recorded as events happen.
+
+Without an SDK (the API's no-op tracer) a publish's properties are returned
+untouched unless the message already carries a context, which is passed on.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ try:
     from opentelemetry import metrics as otel_metrics
     from opentelemetry import propagate
     from opentelemetry import trace as otel_trace
+    from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.propagators.textmap import Getter, TextMapPropagator
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -102,6 +109,54 @@ def _destination(exchange: str) -> str:
     return exchange or "amq.default"
 
 
+# (instrument, unit, description, ((_Series field, attribute variant or None), ...), up-down)
+_OBSERVED: tuple[tuple[str, str, str, tuple[tuple[str, str | None], ...], bool], ...] = (
+    ("messaging.client.sent.messages", "{message}", "Messages published.",
+     (("sent", None),), False),
+    ("messaging.client.consumed.messages", "{message}", "Messages delivered to the client.",
+     (("consumed", None),), False),
+    ("geamqp.publish.returned", "{message}", "Messages returned as unroutable.",
+     (("returned", None),), False),
+    ("geamqp.settlements", "{frame}", "ack / nack / reject frames sent.",
+     (("acks", "ack"), ("nacks", "nack"), ("rejects", "reject")), False),
+    ("geamqp.connection.recoveries", "{recovery}", "Connections recovered or given up.",
+     (("recovered", "recovered"), ("recovery_failed", "failed")), False),
+    ("geamqp.connection.blocked.duration", "s", "Time blocked by the broker.",
+     (("blocked_seconds", None),), False),
+    ("geamqp.connections", "{connection}", "Connections open (not lost).",
+     (("connections", None),), True),
+    ("geamqp.channels", "{channel}", "Channels open.", (("channels", None),), True),
+    ("geamqp.consumers", "{consumer}", "Consumers registered.", (("consumers", None),), True),
+)
+
+
+class _Series:
+    """Counts for one (connection name, vhost) pair, and its metric attributes."""
+
+    __slots__ = ("acks", "attrs", "blocked_seconds", "channels", "connections", "consumed",
+                 "consumers", "nacks", "recovered", "recovery_failed", "rejects", "returned",
+                 "sent", "variants")
+
+    def __init__(self, name: str, vhost: str) -> None:
+        self.attrs: dict[str, Any] = {"messaging.system": _SYSTEM,
+                                      "geamqp.connection.name": name, "geamqp.vhost": vhost}
+        self.variants: dict[str, dict[str, Any]] = {
+            "confirm_ack": {**self.attrs, "geamqp.confirm.outcome": "ack"},
+            "confirm_nack": {**self.attrs, "geamqp.confirm.outcome": "nack"},
+            "ack": {**self.attrs, "messaging.operation.name": "ack"},
+            "nack": {**self.attrs, "messaging.operation.name": "nack"},
+            "reject": {**self.attrs, "messaging.operation.name": "reject"},
+            "recovered": {**self.attrs, "geamqp.recovery.outcome": "recovered"},
+            "failed": {**self.attrs, "geamqp.recovery.outcome": "failed"},
+        }
+        self.sent = self.consumed = self.returned = 0
+        self.acks = self.nacks = self.rejects = 0
+        self.recovered = self.recovery_failed = 0
+        self.connections = self.channels = self.consumers = 0
+        self.blocked_seconds = 0.0
+
+
+
 class OtelCollector(Collector):
     """The collector `GeamqpInstrumentor` installs; usable on its own with
     ``connect(..., metrics=OtelCollector(tracer_provider, meter_provider))``.
@@ -115,52 +170,51 @@ class OtelCollector(Collector):
         self.enabled = True
         self._tracer = otel_trace.get_tracer(_SCOPE, __version__,
                                              tracer_provider=tracer_provider)
-        meter = otel_metrics.get_meter(_SCOPE, __version__, meter_provider=meter_provider)
         self._propagator = propagator
-        self._attrs: dict[ConnectionInfo, dict[str, Any]] = {}
+        self._by_labels: dict[tuple[str, str], _Series] = {}
+        self._by_conn: dict[ConnectionInfo, _Series] = {}
+        self._lost: set[ConnectionInfo] = set()
         self._lock = threading.Lock()
-        self._sent = meter.create_counter("messaging.client.sent.messages", "{message}",
-                                          "Messages published.")
-        self._consumed = meter.create_counter("messaging.client.consumed.messages", "{message}",
-                                              "Messages delivered to the client.")
+        meter = otel_metrics.get_meter(_SCOPE, __version__, meter_provider=meter_provider)
         self._process = meter.create_histogram("messaging.process.duration", "s",
                                                "Time a consumer callback took.")
         self._confirm = meter.create_histogram("geamqp.publish.confirm.duration", "s",
                                                "Time from publish to the broker's ack or nack.")
-        self._returned = meter.create_counter("geamqp.publish.returned", "{message}",
-                                              "Messages returned as unroutable.")
-        self._connections = meter.create_up_down_counter("geamqp.connections", "{connection}",
-                                                         "Connections open (not lost).")
-        self._channels = meter.create_up_down_counter("geamqp.channels", "{channel}",
-                                                      "Channels open.")
-        self._consumers = meter.create_up_down_counter("geamqp.consumers", "{consumer}",
-                                                       "Consumers registered.")
-        self._recoveries = meter.create_counter("geamqp.connection.recoveries", "{recovery}",
-                                                "Connections recovered or given up.")
         self._recovery_time = meter.create_histogram("geamqp.connection.recovery.duration", "s",
                                                      "Time from a loss to its recovery.")
-        self._blocked = meter.create_counter("geamqp.connection.blocked.duration", "s",
-                                             "Time blocked by the broker.")
-        self._settlements = meter.create_counter("geamqp.settlements", "{frame}",
-                                                 "ack / nack / reject frames sent.")
         self._thread_pending = meter.create_histogram("geamqp.thread_callbacks.pending",
                                                       "{callback}",
                                                       "Thread-callback batch sizes.")
-        self._lost: set[ConnectionInfo] = set()
+        # Counts are plain numbers read by observable instruments at collection
+        # time: a publish or delivery costs an addition, not an SDK call.
+        for name, unit, doc, fields, up_down in _OBSERVED:
+            create = (meter.create_observable_up_down_counter if up_down
+                      else meter.create_observable_counter)
+            create(name, [self._observer(fields)], unit, doc)
+
+    def _observer(self, fields: tuple[tuple[str, str | None], ...]) -> Any:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            with self._lock:
+                series = list(self._by_labels.values())
+            for s in series:
+                for field, variant in fields:
+                    attrs = s.attrs if variant is None else s.variants[variant]
+                    yield Observation(getattr(s, field), attrs)
+        return observe
 
     # ---------------------------------------------------------------- attributes
 
-    def _base(self, conn: ConnectionInfo) -> dict[str, Any]:
-        attrs = self._attrs.get(conn)
-        if attrs is None:
-            attrs = {"messaging.system": _SYSTEM, "geamqp.connection.name": conn.name,
-                     "geamqp.vhost": conn.vhost}
-            with self._lock:
-                self._attrs[conn] = attrs
-        return attrs
-
-    def _with(self, conn: ConnectionInfo, key: str, value: str) -> dict[str, Any]:
-        return {**self._base(conn), key: value}
+    def _series(self, conn: ConnectionInfo) -> _Series:
+        """The series of a connection not seen before (hot paths try `_by_conn` first)."""
+        with self._lock:
+            series = self._by_conn.get(conn)
+            if series is None:
+                labels = (conn.name, conn.vhost)
+                series = self._by_labels.get(labels)
+                if series is None:
+                    series = self._by_labels[labels] = _Series(*labels)
+                self._by_conn[conn] = series
+            return series
 
     def _propagator_now(self) -> TextMapPropagator:
         return self._propagator or propagate.get_global_textmap()
@@ -169,104 +223,107 @@ class OtelCollector(Collector):
 
     def connection_opened(self, conn: ConnectionInfo) -> None:
         if self.enabled:
-            self._connections.add(1, self._base(conn))
+            (self._by_conn.get(conn) or self._series(conn)).connections += 1
 
     def connection_lost(self, conn: ConnectionInfo, error: BaseException) -> None:
         if self.enabled and conn not in self._lost:
             self._lost.add(conn)
-            self._connections.add(-1, self._base(conn))
+            (self._by_conn.get(conn) or self._series(conn)).connections -= 1
 
     def connection_recovered(self, conn: ConnectionInfo, downtime: float) -> None:
         if not self.enabled:
             return
-        attrs = self._base(conn)
-        self._recoveries.add(1, self._with(conn, "geamqp.recovery.outcome", "recovered"))
-        self._recovery_time.record(downtime, attrs)
+        series = self._by_conn.get(conn) or self._series(conn)
+        series.recovered += 1
+        self._recovery_time.record(downtime, series.attrs)
         if conn in self._lost:
             self._lost.discard(conn)
-            self._connections.add(1, attrs)
+            series.connections += 1
 
     def connection_recovery_failed(self, conn: ConnectionInfo, error: BaseException) -> None:
         if self.enabled:
-            self._recoveries.add(1, self._with(conn, "geamqp.recovery.outcome", "failed"))
+            (self._by_conn.get(conn) or self._series(conn)).recovery_failed += 1
 
     def connection_closed(self, conn: ConnectionInfo, error: BaseException | None) -> None:
         if self.enabled:
             if conn in self._lost:
                 self._lost.discard(conn)
             else:
-                self._connections.add(-1, self._base(conn))
+                (self._by_conn.get(conn) or self._series(conn)).connections -= 1
         with self._lock:
-            self._attrs.pop(conn, None)
+            self._by_conn.pop(conn, None)
 
     def connection_unblocked(self, conn: ConnectionInfo, duration: float) -> None:
         if self.enabled:
-            self._blocked.add(duration, self._base(conn))
+            (self._by_conn.get(conn) or self._series(conn)).blocked_seconds += duration
 
     def thread_callbacks_pending(self, conn: ConnectionInfo, depth: int) -> None:
         if self.enabled:
-            self._thread_pending.record(depth, self._base(conn))
+            self._thread_pending.record(depth, (self._by_conn.get(conn)
+                                                or self._series(conn)).attrs)
 
     # ---------------------------------------------------------------- channels, consumers
 
     def channel_opened(self, conn: ConnectionInfo, channel: int) -> None:
         if self.enabled:
-            self._channels.add(1, self._base(conn))
+            (self._by_conn.get(conn) or self._series(conn)).channels += 1
 
     def channel_closed(self, conn: ConnectionInfo, channel: int,
                        error: BaseException | None) -> None:
         if self.enabled:
-            self._channels.add(-1, self._base(conn))
+            (self._by_conn.get(conn) or self._series(conn)).channels -= 1
 
     def consumer_added(self, conn: ConnectionInfo, channel: int, queue: str,
                        consumer_tag: str) -> None:
         if self.enabled:
-            self._consumers.add(1, self._base(conn))
+            (self._by_conn.get(conn) or self._series(conn)).consumers += 1
 
     def consumer_cancelled(self, conn: ConnectionInfo, channel: int, queue: str,
                            consumer_tag: str, by_broker: bool) -> None:
         if self.enabled:
-            self._consumers.add(-1, self._base(conn))
+            (self._by_conn.get(conn) or self._series(conn)).consumers -= 1
 
     # ---------------------------------------------------------------- messages
 
     def message_published(self, conn: ConnectionInfo, channel: int, exchange: str,
                           routing_key: str, size: int) -> None:
         if self.enabled:
-            self._sent.add(1, self._base(conn))
+            (self._by_conn.get(conn) or self._series(conn)).sent += 1
 
     def publish_acked(self, conn: ConnectionInfo, channel: int, latency: float) -> None:
         if self.enabled:
-            self._confirm.record(latency, self._with(conn, "geamqp.confirm.outcome", "ack"))
+            series = self._by_conn.get(conn) or self._series(conn)
+            self._confirm.record(latency, series.variants["confirm_ack"])
 
     def publish_nacked(self, conn: ConnectionInfo, channel: int, latency: float) -> None:
         if self.enabled:
-            self._confirm.record(latency, self._with(conn, "geamqp.confirm.outcome", "nack"))
+            series = self._by_conn.get(conn) or self._series(conn)
+            self._confirm.record(latency, series.variants["confirm_nack"])
 
     def publish_returned(self, conn: ConnectionInfo, channel: int, exchange: str,
                          routing_key: str, reply_code: int) -> None:
         if self.enabled:
-            self._returned.add(1, self._base(conn))
+            (self._by_conn.get(conn) or self._series(conn)).returned += 1
 
     def message_delivered(self, conn: ConnectionInfo, channel: int, size: int,
                           redelivered: bool) -> None:
         if self.enabled:
-            self._consumed.add(1, self._base(conn))
+            (self._by_conn.get(conn) or self._series(conn)).consumed += 1
 
     def delivery_acked(self, conn: ConnectionInfo, channel: int, delivery_tag: int,
                        multiple: bool) -> None:
         if self.enabled:
-            self._settlements.add(1, self._with(conn, "messaging.operation.name", "ack"))
+            (self._by_conn.get(conn) or self._series(conn)).acks += 1
 
     def delivery_nacked(self, conn: ConnectionInfo, channel: int, delivery_tag: int,
                         multiple: bool, requeue: bool) -> None:
         if self.enabled:
-            self._settlements.add(1, self._with(conn, "messaging.operation.name", "nack"))
+            (self._by_conn.get(conn) or self._series(conn)).nacks += 1
 
     def delivery_rejected(self, conn: ConnectionInfo, channel: int, delivery_tag: int,
                           requeue: bool) -> None:
         if self.enabled:
-            self._settlements.add(1, self._with(conn, "messaging.operation.name", "reject"))
+            (self._by_conn.get(conn) or self._series(conn)).rejects += 1
 
     # ---------------------------------------------------------------- tracing hooks
 
@@ -284,6 +341,8 @@ class OtelCollector(Collector):
                                        context=parent, kind=SpanKind.PRODUCER,
                                        attributes=attributes)
         try:
+            if not span.get_span_context().is_valid:
+                return properties  # no SDK, no parent: nothing to propagate
             propagator.inject(headers, context=otel_trace.set_span_in_context(span))
         finally:
             span.end()
@@ -332,7 +391,8 @@ class OtelCollector(Collector):
                 span.set_attribute("error.type", type(exc).__qualname__)
                 raise
             finally:
-                self._process.record(time.perf_counter() - start, self._base(conn))
+                self._process.record(time.perf_counter() - start,
+                                     (self._by_conn.get(conn) or self._series(conn)).attrs)
 
 
 def _message_attributes(conn: ConnectionInfo, exchange: str, routing_key: str,

@@ -169,6 +169,22 @@ def test_metrics_through_the_meter(telemetry: Telemetry) -> None:
     assert connections.value == 1
     (recovery,) = telemetry.metric("geamqp.connection.recovery.duration")
     assert recovery.sum == 0.5
+    settlements = {p.attributes["messaging.operation.name"]: p.value
+                   for p in telemetry.metric("geamqp.settlements")}
+    assert settlements == {"ack": 1, "nack": 0, "reject": 0}
+
+
+def test_without_an_sdk_publish_leaves_the_properties_alone() -> None:
+    from opentelemetry.trace import NoOpTracerProvider
+
+    collector = OtelCollector(NoOpTracerProvider())
+    props = geamqp.BasicProperties(headers={"a": 1})
+    assert collector.before_publish(CONN, 1, "", "q", props) is props
+    # ... but a context that came in with the message still travels on.
+    forwarded = geamqp.BasicProperties(headers={"traceparent": FOREIGN_TRACEPARENT})
+    sent = collector.before_publish(CONN, 1, "", "q", forwarded)
+    assert sent is not None and sent.headers is not None
+    assert sent.headers["traceparent"].startswith(f"00-{FOREIGN_TRACE}-{FOREIGN_PARENT}-")
 
 
 def test_instrumentor_sets_and_removes_the_default_collector(telemetry: Telemetry) -> None:
