@@ -49,6 +49,7 @@ __all__ = [
     "MultiCollector",
     "OnMessage",
     "add_default_collector",
+    "event_handler",
     "get_default_collector",
     "remove_default_collector",
     "set_default_collector",
@@ -279,6 +280,30 @@ _EVENTS = tuple(name for name, value in vars(Collector).items()
 for _name in _EVENTS:
     setattr(MultiCollector, _name, _fan_out(_name))
 del _name
+
+
+
+def _overrides(collector: Collector, event: str) -> bool:
+    return getattr(type(collector), event) is not getattr(Collector, event)
+
+
+def event_handler(collector: Collector | None, event: str) -> Callable[..., Any] | None:
+    """The bound method the client should call for ``event`` (a `Collector`
+    method name), or None when no collector would do anything with it.
+
+    For the client's hot paths: look the handlers up once per connection and
+    test them for None per message, so that a collector that only counts
+    connections costs a publish nothing, and no collector costs one test."""
+    if not callable(getattr(Collector, event, None)) or event.startswith("_"):
+        raise ValueError(f"{event!r} is not a geamqp.metrics.Collector event")
+    if collector is None:
+        return None
+    members = collector.collectors if isinstance(collector, MultiCollector) else (collector,)
+    if not any(_overrides(c, event) for c in members):
+        return None
+    handler: Callable[..., Any] = getattr(collector, event)
+    return handler
+
 
 # ---------------------------------------------------------------- process-wide default
 

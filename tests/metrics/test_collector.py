@@ -15,6 +15,7 @@ from geamqp.metrics import (
     ConnectionInfo,
     MultiCollector,
     add_default_collector,
+    event_handler,
     get_default_collector,
     remove_default_collector,
     set_default_collector,
@@ -164,3 +165,19 @@ def test_importing_geamqp_imports_no_optional_integration() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def test_event_handler_is_none_unless_someone_listens() -> None:
+    recorder = Recorder()
+    assert event_handler(None, "message_published") is None
+    assert event_handler(Collector(), "message_published") is None
+    assert event_handler(recorder, "message_delivered") is None
+    handler = event_handler(recorder, "message_published")
+    assert handler is not None
+    handler(CONN, 1, "", "q", 1)
+    assert recorder.calls == [("message_published", (CONN, 1, "", "q", 1))]
+    multi = MultiCollector([Collector(), recorder])
+    assert event_handler(multi, "message_delivered") is None
+    assert event_handler(multi, "publish_acked") is not None
+    with pytest.raises(ValueError, match=r"'publish' is not a geamqp\.metrics\.Collector event"):
+        event_handler(recorder, "publish")
