@@ -457,7 +457,8 @@ def _summary(perf: Run, elapsed: float, cpu: float) -> dict[str, Any]:
         "published": totals.published, "confirmed": totals.confirmed,
         "nacked": totals.nacked, "outcome_unknown": totals.unknown,
         "refused": totals.refused, "consumed": totals.consumed,
-        "duplicated": totals.duplicated, "lost": perf.ledger.lost(),
+        "duplicated": totals.duplicated,
+        "lost": perf.ledger.lost() if args.consumers else None,  # nobody was reading
         "connection_losses": totals.losses, "recoveries": totals.recoveries,
         "resets": perf.proxy.resets if perf.proxy is not None else 0,
         "publish_rate": round(totals.published / elapsed, 1),
@@ -493,10 +494,11 @@ def _print_summary(perf: Run, s: dict[str, Any]) -> None:
         out.flush()
         return
     lat = s["latency_ms"]
+    lost = "-" if s["lost"] is None else s["lost"]
     out.write(
         f"summary: {s['duration_s']:.1f} s, sent {s['published']} ({s['publish_rate']:.0f} "
         f"msg/s), confirmed {s['confirmed']}, nacked {s['nacked']}, received {s['consumed']} "
-        f"({s['consume_rate']:.0f} msg/s), duplicated {s['duplicated']}, lost {s['lost']}, "
+        f"({s['consume_rate']:.0f} msg/s), duplicated {s['duplicated']}, lost {lost}, "
         f"recoveries {s['recoveries']}, latency p50 {_fmt(lat['p50']).strip()} ms "
         f"p99 {_fmt(lat['p99']).strip()} ms\n"
         f"  latency p95 {_fmt(lat['p95']).strip()} ms, max {_fmt(lat['max']).strip()} ms; "
