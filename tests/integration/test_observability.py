@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import gevent.event
-import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -60,12 +59,6 @@ def test_trace_context_round_trip_through_the_broker(broker: Any, unique_name: s
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-CORE_NOT_WIRED = pytest.mark.xfail(
-    strict=True,
-    reason="the core does not call geamqp.metrics collectors and hooks yet (issue 16 wiring, "
-           "lead); remove this marker once it does")
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -103,7 +96,6 @@ def test_prometheus_consumer_example_serves_metrics(broker: Any, unique_name: st
             "geamqp_confirm_latency_seconds"} <= families
 
 
-@CORE_NOT_WIRED
 def test_prometheus_consumer_example_counts_its_messages(broker: Any, unique_name: str) -> None:
     _, text = _scrape_prometheus_example(unique_name)
     labels = '{connection="metrics-example",vhost="/"}'
@@ -124,7 +116,6 @@ def test_otel_example_round_trip_runs(broker: Any) -> None:
     _otel_example()
 
 
-@CORE_NOT_WIRED
 def test_otel_example_prints_one_trace(broker: Any) -> None:
     out = _otel_example()
     spans = [json.loads(block) for block in re.findall(r"^\{\n.*?^\}$", out, re.S | re.M)]
