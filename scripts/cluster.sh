@@ -112,6 +112,9 @@ log.console = false
 log.file.level = info
 cluster_formation.peer_discovery_backend = classic_config
 cluster_formation.classic_config.nodes.1 = $(node_name a)
+# A node frozen longer than net_ticktime (60 s) and thawed finds itself partitioned from
+# the others; with the default (ignore) the cluster would stay split for every later test.
+cluster_partition_handling = autoheal
 EOF
         echo "[]." >"$BASE/$n/advanced.config"
     done
@@ -156,6 +159,47 @@ in_cluster() {
     [[ ",$seen," == *",'$(node_name "$1")',"* ]]
 }
 
+# One CLI call: "true" when every node runs the rabbit app and sees all three running
+# (no partition, nobody left out). Asked through the first node that answers.
+healthy() {
+    local n names expr
+    names=$(printf "'%s'," "$(node_name a)" "$(node_name b)" "$(node_name c)")
+    expr="Ns = [${names%,}], Vs = [rpc:call(N, rabbit_nodes, all_running, [], 5000) || N <- Ns],"
+    expr+=" lists:all(fun(V) -> is_list(V) andalso lists:sort(V) =:= lists:sort(Ns) end, Vs)."
+    for n in "${NODES[@]}"; do
+        node_pid "$n" >/dev/null || continue
+        [ "$(ctl "$n" eval "$expr" 2>/dev/null)" = "true" ] && return 0
+        return 1
+    done
+    return 1
+}
+
+# A partition left over (autoheal still at work, or a node that missed it): restart the
+# rabbit app of each node that sees fewer nodes than the largest view, and wait.
+heal() {
+    local n seen count best=0 deadline=$(( SECONDS + 15 ))
+    local -A counts=()
+    while (( SECONDS < deadline )); do
+        healthy && return 0
+        sleep 1
+    done
+    for n in "${NODES[@]}"; do
+        seen=$(running_nodes_seen_by "$n") || seen=""
+        count=$(tr ',' '\n' <<<"$seen" | grep -c . || true)
+        counts[$n]=$count
+        (( count > best )) && best=$count
+    done
+    for n in "${NODES[@]}"; do
+        if (( counts[$n] < best )); then
+            say "$(node_name "$n") sees ${counts[$n]} of 3 running nodes: restarting its app"
+            ctl "$n" stop_app >/dev/null
+            ctl "$n" start_app >/dev/null
+        fi
+    done
+    ctl a await_online_nodes 3 --timeout 60 >/dev/null
+    healthy || { say "nodes still disagree on who is running"; return 1; }
+}
+
 # A blank node that formed a cluster of its own (a discovery race) is reset into a's.
 ensure_joined() {
     local n=$1
@@ -182,7 +226,7 @@ cmd_start() {
         fi
     done
     if [ ${#down[@]} -eq 0 ]; then
-        for n in "${NODES[@]}"; do await_node "$n"; done
+        healthy || { for n in "${NODES[@]}"; do await_node "$n"; done; heal; }
         say "already up"
         return 0
     fi
@@ -197,6 +241,7 @@ cmd_start() {
     for n in "${down[@]}"; do await_node "$n"; done
     for n in b c; do ensure_joined "$n"; done
     ctl a await_online_nodes 3 --timeout 60 >/dev/null
+    heal
     say "up: $(for n in "${NODES[@]}"; do printf '%s ' "$(node_name "$n")"; done)"
 }
 
@@ -236,7 +281,8 @@ cmd_status() {
             echo "$(node_name "$n") port $(amqp_port "$n") down"
         fi
     done
-    [ "$up" -eq ${#NODES[@]} ]
+    [ "$up" -eq ${#NODES[@]} ] || return 1
+    healthy || { echo "not healthy: a node's app is down or the nodes disagree (partition)"; return 1; }
 }
 
 case ${1:-} in

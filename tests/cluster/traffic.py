@@ -77,6 +77,9 @@ class Publisher:
                     self.outstanding.add(number)
                 except geamqp.AMQPError:
                     self.ledger.outcomes[number] = "refused"
+                    if self.conn.is_closed:
+                        self._stop.set()
+                        break
             for number, confirmation in sent:
                 self.ledger.outcomes[number] = self._outcome(confirmation)
                 self.outstanding.discard(number)
@@ -92,12 +95,20 @@ class Publisher:
             return "unknown"
         except geamqp.NackError:
             return "nacked"
+        except geamqp.AMQPError as exc:  # closed under it (a test's cleanup): no more traffic
+            self._stop.set()
+            return f"failed: {type(exc).__name__}"
         return "confirmed"
 
     def stop(self) -> None:
         self._stop.set()
         self.greenlet.join(timeout=self.confirm_timeout + 5)
         assert self.greenlet.dead, "publisher did not stop"
+
+    def kill(self) -> None:
+        """Stop at once (cleanup after a failure): nothing waits for outstanding confirms."""
+        self._stop.set()
+        self.greenlet.kill(block=True, timeout=5)
 
 
 class Consumer:
