@@ -34,7 +34,7 @@ import gevent
 import geamqp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))
-import clusterctl  # noqa: E402
+import clusterctl
 
 QUORUM = {"x-queue-type": "quorum"}
 

@@ -6,8 +6,10 @@
 - ``three_nodes``: the cluster with all three nodes running before the test, and again after
   it, whatever the test did (killed, frozen or stopped nodes are thawed, restarted and
   rejoined in the teardown), so every test starts from three healthy nodes.
+- ``quorum_queue``: a quorum queue declared through node a (so a leads it), deleted after.
 
-Every test here is marked ``cluster``; `make test` runs them after the rest.
+Every test module here is marked ``cluster`` (pytestmark); `make test` runs them after
+the rest.
 """
 
 from __future__ import annotations
@@ -18,13 +20,9 @@ from types import ModuleType
 
 import clusterctl
 import pytest
+from traffic import QUORUM
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = str(clusterctl.ROOT / "tests" / "cluster")
-    for item in items:
-        if str(item.path).startswith(here):
-            item.add_marker(pytest.mark.cluster)
+import geamqp
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +46,14 @@ def three_nodes(cluster: ModuleType) -> Iterator[ModuleType]:
         yield cluster
     finally:
         cluster.start()
+
+
+@pytest.fixture
+def quorum_queue(three_nodes: ModuleType, unique_name: str) -> Iterator[str]:
+    """A quorum queue declared through node a, so that a leads it."""
+    with geamqp.connect(three_nodes.url("a"), recover=False) as conn:
+        conn.channel().queue_declare(unique_name, durable=True, arguments=QUORUM)
+    yield unique_name
+    three_nodes.start()  # the queue can only be deleted with a majority up
+    with geamqp.connect(three_nodes.urls("bca"), recover=False) as conn:
+        conn.channel().queue_delete(unique_name)

@@ -8,7 +8,6 @@ connect with ``recover=True``, the three nodes as the host list and heartbeats o
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from types import ModuleType
 
 import gevent
@@ -17,18 +16,7 @@ from traffic import QUORUM, Consumer, Ledger, Publisher, check_nothing_lost, wai
 
 import geamqp
 
-pytestmark = pytest.mark.timeout(150)
-
-
-@pytest.fixture
-def quorum_queue(three_nodes: ModuleType, unique_name: str) -> Iterator[str]:
-    """A quorum queue declared through node a, so that a leads it."""
-    with geamqp.connect(three_nodes.url("a"), recover=False) as conn:
-        conn.channel().queue_declare(unique_name, durable=True, arguments=QUORUM)
-    yield unique_name
-    three_nodes.start()  # the queue can only be deleted with a majority up
-    with geamqp.connect(three_nodes.urls("bca"), recover=False) as conn:
-        conn.channel().queue_delete(unique_name)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(150)]
 
 
 def _connect(order: str, cluster: ModuleType, query: dict[str, object] | None = None,
