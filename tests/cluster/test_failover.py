@@ -198,36 +198,6 @@ def test_node_frozen_then_thawed(three_nodes: ModuleType, quorum_queue: str) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs core change: a restore RPC (basic.consume on a "
-                   "quorum queue) waits for the frozen leader until the broker's net_ticktime "
-                   "(~60 s) expires; restore RPCs need a bound and a fresh channel on retry")
-def test_consumer_resumes_while_the_node_stays_frozen(three_nodes: ModuleType,
-                                                      quorum_queue: str) -> None:
-    """Goal: node a frozen for good, the consumer delivers again within 15 s (the survivors
-    elect a leader ~7 s after the freeze; heartbeats detect it after 4 s)."""
-    ledger = Ledger()
-    sub_conn = _connect("abc", three_nodes, {"stack_timeout": 3})
-    pub_conn = _connect("bca", three_nodes)
-    frozen: int | None = None
-    try:
-        Consumer(sub_conn, quorum_queue, ledger)
-        publisher = Publisher(pub_conn, quorum_queue, ledger)
-        wait_until(lambda: len(ledger.deliveries) >= 50, 20, "traffic before the freeze")
-        frozen_at = time.monotonic()
-        frozen = three_nodes.freeze("a")
-        try:
-            wait_until(lambda: ledger.first_delivery_after(frozen_at + 5.0), 15,
-                       "a delivery with node a frozen")
-        finally:
-            publisher.kill()
-    finally:
-        if frozen is not None:
-            three_nodes.thaw(frozen)
-        pub_conn.close()
-        sub_conn.close()
-
-
-@pytest.mark.slow
 def test_recovery_target_dies_during_the_restore(three_nodes: ModuleType, unique_name: str,
                                                  quorum_queue: str) -> None:
     """a dies; while the supervisor restores on the node it reached (X), X dies too; the
