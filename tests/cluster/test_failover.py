@@ -8,6 +8,9 @@ connect with ``recover=True``, the three nodes as the host list and heartbeats o
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from types import ModuleType
 
 import gevent
@@ -40,35 +43,58 @@ class Losses:
         conn.add_on_recovered_callback(lambda *_: self.recovered.append(time.monotonic()))
 
 
+@dataclass
+class Traffic:
+    """A confirmed publisher and a manual-ack consumer, each on its own connection."""
+
+    ledger: Ledger
+    publisher: Publisher
+    pub_conn: geamqp.Connection
+    sub_conn: geamqp.Connection
+    pub_losses: Losses
+    sub_losses: Losses
+
+
+@contextmanager
+def _traffic(cluster: ModuleType, queue: str, order: str = "abc",
+             query: dict[str, object] | None = None, confirm_timeout: float = 30.0,
+             **pub_kwargs: object) -> Iterator[Traffic]:
+    """Both connections on node order[0]; yields once 50 messages have gone through."""
+    conns: list[geamqp.Connection] = []
+    try:
+        conns.append(_connect(order, cluster, query, **pub_kwargs))
+        conns.append(_connect(order, cluster, query))
+        ledger = Ledger()
+        publisher = Publisher(conns[0], queue, ledger, confirm_timeout=confirm_timeout)
+        traffic = Traffic(ledger, publisher, conns[0], conns[1], Losses(conns[0]),
+                          Losses(conns[1]))
+        Consumer(conns[1], queue, ledger)
+        wait_until(lambda: len(ledger.deliveries) >= 50, 20, "traffic flowing")
+        yield traffic
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def _run_kill(cluster: ModuleType, queue: str, republish: bool) -> tuple[Ledger, float]:
     """Publisher and consumer both on node a (the leader's node); kill a; restart it once
     both have recovered elsewhere; publish on until traffic has flowed again."""
-    ledger = Ledger()
-    pub_conn = _connect("abc", cluster, republish_unconfirmed=republish)
-    sub_conn = _connect("abc", cluster)
-    try:
-        pub_losses, sub_losses = Losses(pub_conn), Losses(sub_conn)
-        publisher = Publisher(pub_conn, queue, ledger)
-        Consumer(sub_conn, queue, ledger)
-        wait_until(lambda: len(ledger.deliveries) >= 50, 20, "traffic before the kill")
+    with _traffic(cluster, queue, republish_unconfirmed=republish) as t:
         killed_at = time.monotonic()
         cluster.kill("a")
-        wait_until(lambda: pub_losses.recovered and sub_losses.recovered, 30,
+        wait_until(lambda: t.pub_losses.recovered and t.sub_losses.recovered, 30,
                    "both connections recovered on a survivor")
-        assert _node(pub_conn, cluster) != "a" and _node(sub_conn, cluster) != "a"
+        assert _node(t.pub_conn, cluster) != "a" and _node(t.sub_conn, cluster) != "a"
         # Without waiting for node a, publishing resumes only when the recovered channel
         # did not cache the dead leader (see test_publishing_resumes_without_the_dead_node);
         # bring a back so that the test checks loss-freedom and not that broker fact.
         cluster.start()
-        after_restart = publisher.next
-        wait_until(lambda: sum(n >= after_restart for n in ledger.confirmed()) >= 100, 60,
+        after_restart = t.publisher.next
+        wait_until(lambda: sum(n >= after_restart for n in t.ledger.confirmed()) >= 100, 60,
                    "100 confirmed publishes after the restart")
-        publisher.stop()
-        assert len(pub_losses.lost) == 1 and len(sub_losses.lost) == 1
-        return ledger, killed_at
-    finally:
-        pub_conn.close()
-        sub_conn.close()
+        t.publisher.stop()
+        assert len(t.pub_losses.lost) == 1 and len(t.sub_losses.lost) == 1
+        return t.ledger, killed_at
 
 
 @pytest.mark.slow
@@ -159,42 +185,33 @@ def test_node_frozen_then_thawed(three_nodes: ModuleType, quorum_queue: str) -> 
     attempt to the frozen node is accepted by the kernel and then hangs, so the handshake is
     bounded by stack_timeout (3 s here). The node is thawed a few seconds later; traffic
     flows again and nothing confirmed is lost."""
-    ledger = Ledger()
-    bounded = {"stack_timeout": 3}
-    pub_conn = _connect("abc", three_nodes, bounded)
-    sub_conn = _connect("abc", three_nodes, bounded)
     frozen: int | None = None
-    try:
-        pub_losses, sub_losses = Losses(pub_conn), Losses(sub_conn)
-        publisher = Publisher(pub_conn, quorum_queue, ledger)
-        Consumer(sub_conn, quorum_queue, ledger)
-        wait_until(lambda: len(ledger.deliveries) >= 50, 20, "traffic before the freeze")
-        frozen_at = time.monotonic()
-        frozen = three_nodes.freeze("a")
-        wait_until(lambda: pub_losses.lost and sub_losses.lost, 10, "heartbeat timeouts")
-        detected = max(pub_losses.lost[0], sub_losses.lost[0]) - frozen_at
-        assert 2.0 <= detected <= 7.0, f"loss detected after {detected:.1f} s"
-        wait_until(lambda: pub_losses.recovered, 20, "the publisher recovered on a survivor")
-        assert _node(pub_conn, three_nodes) in {"b", "c"}
-        three_nodes.thaw(frozen)
-        frozen = None
-        thawed_at = time.monotonic()
-        wait_until(lambda: sub_losses.recovered, 30, "the consumer recovered")
-        assert _node(sub_conn, three_nodes) in {"b", "c"}
-        thawed_from = publisher.next
-        wait_until(lambda: sum(n > thawed_from for n in ledger.deliveries) >= 50, 30,
-                   "deliveries after the thaw")
-        publisher.stop()
-        check_nothing_lost(ledger, allowed={"confirmed", "unknown", "nacked"})
-        print(f"detected after {detected:.2f} s; publisher recovered "
-              f"{pub_losses.recovered[0] - frozen_at:.2f} s, consumer "
-              f"{sub_losses.recovered[0] - frozen_at:.2f} s after the freeze (thawed at "
-              f"{thawed_at - frozen_at:.2f} s); {ledger.count('nacked')} nacked")
-    finally:
-        if frozen is not None:
+    with _traffic(three_nodes, quorum_queue, query={"stack_timeout": 3}) as t:
+        try:
+            frozen_at = time.monotonic()
+            frozen = three_nodes.freeze("a")
+            wait_until(lambda: t.pub_losses.lost and t.sub_losses.lost, 10, "heartbeat timeouts")
+            detected = max(t.pub_losses.lost[0], t.sub_losses.lost[0]) - frozen_at
+            assert 2.0 <= detected <= 7.0, f"loss detected after {detected:.1f} s"
+            wait_until(lambda: t.pub_losses.recovered, 20, "the publisher recovered elsewhere")
+            assert _node(t.pub_conn, three_nodes) in {"b", "c"}
             three_nodes.thaw(frozen)
-        pub_conn.close()
-        sub_conn.close()
+            frozen = None
+            thawed_at = time.monotonic()
+            wait_until(lambda: t.sub_losses.recovered, 30, "the consumer recovered")
+            assert _node(t.sub_conn, three_nodes) in {"b", "c"}
+            thawed_from = t.publisher.next
+            wait_until(lambda: sum(n > thawed_from for n in t.ledger.deliveries) >= 50, 30,
+                       "deliveries after the thaw")
+            t.publisher.stop()
+        finally:
+            if frozen is not None:
+                three_nodes.thaw(frozen)
+        check_nothing_lost(t.ledger, allowed={"confirmed", "unknown", "nacked"})
+        print(f"detected after {detected:.2f} s; publisher recovered "
+              f"{t.pub_losses.recovered[0] - frozen_at:.2f} s, consumer "
+              f"{t.sub_losses.recovered[0] - frozen_at:.2f} s after the freeze (thawed at "
+              f"{thawed_at - frozen_at:.2f} s); {t.ledger.count('nacked')} nacked")
 
 
 @pytest.mark.slow
@@ -271,30 +288,21 @@ def test_majority_lost_then_a_node_returns(three_nodes: ModuleType, quorum_queue
     """a and b die; the publisher and consumer on c stay connected. Publishes are neither
     confirmed nor lost while the queue has no majority: they wait (or are nacked), and when a
     node returns the waiting ones are confirmed and traffic resumes."""
-    ledger = Ledger()
-    pub_conn = _connect("cab", three_nodes)
-    sub_conn = _connect("cab", three_nodes)
-    try:
-        publisher = Publisher(pub_conn, quorum_queue, ledger, confirm_timeout=60)
-        Consumer(sub_conn, quorum_queue, ledger)
-        wait_until(lambda: len(ledger.deliveries) >= 50, 20, "traffic before the loss")
+    with _traffic(three_nodes, quorum_queue, order="cab", confirm_timeout=60) as t:
         three_nodes.kill("a")
         three_nodes.kill("b")
         lost_at = time.monotonic()
-        confirmed_before = len(ledger.confirmed())
+        confirmed_before = len(t.ledger.confirmed())
         gevent.sleep(3.0)  # the outage itself: nothing to wait for but time
-        stalled = len(ledger.confirmed()) - confirmed_before
-        assert stalled <= publisher.batch, f"{stalled} confirmed without a majority"
+        stalled = len(t.ledger.confirmed()) - confirmed_before
+        assert stalled <= t.publisher.batch, f"{stalled} confirmed without a majority"
         returned_at = time.monotonic()
         three_nodes.start()
-        resumed_from = publisher.next
-        wait_until(lambda: sum(n >= resumed_from for n in ledger.confirmed()) >= 50, 60,
+        resumed_from = t.publisher.next
+        wait_until(lambda: sum(n >= resumed_from for n in t.ledger.confirmed()) >= 50, 60,
                    "confirmed publishes after the nodes returned")
-        publisher.stop()
-        check_nothing_lost(ledger, allowed={"confirmed", "nacked"})
+        t.publisher.stop()
+        check_nothing_lost(t.ledger, allowed={"confirmed", "nacked"})
         print(f"outage {returned_at - lost_at:.1f} s; first confirm "
-              f"{(ledger.first_confirm_after(returned_at) or 0) - returned_at:.2f} s after "
-              f"the restart began; {ledger.count('nacked')} nacked")
-    finally:
-        pub_conn.close()
-        sub_conn.close()
+              f"{(t.ledger.first_confirm_after(returned_at) or 0) - returned_at:.2f} s after "
+              f"the restart began; {t.ledger.count('nacked')} nacked")
