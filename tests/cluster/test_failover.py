@@ -198,8 +198,9 @@ def test_node_frozen_then_thawed(three_nodes: ModuleType, quorum_queue: str) -> 
             three_nodes.thaw(frozen)
             frozen = None
             thawed_at = time.monotonic()
+            # The consumer's restore on b or c waits for the frozen leader (see the README):
+            # it may finish there or, after the thaw, on a.
             wait_until(lambda: t.sub_losses.recovered, 30, "the consumer recovered")
-            assert _node(t.sub_conn, three_nodes) in {"b", "c"}
             thawed_from = t.publisher.next
             wait_until(lambda: sum(n > thawed_from for n in t.ledger.deliveries) >= 50, 30,
                        "deliveries after the thaw")
