@@ -68,24 +68,41 @@ with_node_env() {
     env -u ERL_FLAGS -u RABBITMQ_NODENAME "${envs[@]}" "$@"
 }
 
+# The CLI gets the node through -n, not RABBITMQ_NODENAME: only server processes carry
+# that variable, which is how a node whose pid file is gone is still found.
 ctl() {
     local n=$1
     shift
-    with_node_env "$n" "$RMQ_BIN/rabbitmqctl" -n "$(node_name "$n")" "$@"
+    with_node_env "$n" env -u RABBITMQ_NODENAME \
+        "$RMQ_BIN/rabbitmqctl" -n "$(node_name "$n")" "$@"
 }
 
 # The pid of node $1's beam when it runs: read from its pid file and confirmed by the
 # node name in that process's environment (a recycled pid is never taken for ours).
-node_pid() {
-    local n=$1 pid
-    [ -f "$BASE/$n/pid" ] || return 1
-    pid=$(tr -dc '0-9' <"$BASE/$n/pid")
+is_node_process() {
+    local pid=$1 n=$2
     [ -n "$pid" ] && [ -r "/proc/$pid/environ" ] || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "beam.smp" ] || return 1
     { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null \
         | grep -qx "RABBITMQ_NODENAME=$(node_name "$n")" || return 1
     # A zombie (killed, not yet reaped) is not a running node.
-    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ] || return 1
-    echo "$pid"
+    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]
+}
+
+node_pid() {
+    local n=$1 pid
+    if [ -f "$BASE/$n/pid" ]; then
+        pid=$(tr -dc '0-9' <"$BASE/$n/pid")
+        is_node_process "$pid" "$n" && { echo "$pid"; return 0; }
+    fi
+    # No pid file (its folder was deleted under a running node): look for the beam whose
+    # environment names exactly this node.
+    local proc
+    for proc in /proc/[0-9]*; do
+        pid=${proc#/proc/}
+        is_node_process "$pid" "$n" && { echo "$pid"; return 0; }
+    done
+    return 1
 }
 
 node_state() { awk '{print $3}' "/proc/$1/stat" 2>/dev/null; }
