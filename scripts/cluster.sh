@@ -22,6 +22,10 @@
 set -euo pipefail
 
 BASE=${GEAMQP_CLUSTER_DIR:-${TMPDIR:-/tmp}/geamqp-cluster}
+case $BASE in
+    /?*/*) ;;  # `stop` deletes it: only an absolute path at least two levels deep
+    *) echo "cluster: GEAMQP_CLUSTER_DIR must be an absolute path like /tmp/x/y: $BASE" >&2; exit 2 ;;
+esac
 NODES=(a b c)
 RMQ_BIN=/usr/lib/rabbitmq/bin
 START_TIMEOUT=${GEAMQP_CLUSTER_START_TIMEOUT:-120}

@@ -76,6 +76,12 @@ def status() -> str:
     return _script("status", timeout=30, check=False)
 
 
+def running_nodes() -> list[str]:
+    """The nodes whose beam process runs (healthy or not)."""
+    return [line.split("@")[0].removeprefix("geamqp-") for line in status().splitlines()
+            if " pid " in line]
+
+
 def pid(node: str) -> int:
     out = _script("pid", node, timeout=30).strip()
     return int(out)
