@@ -79,8 +79,8 @@ def _publish_loop(conn: geamqp.Connection, queue: str, result: Round, policy: st
 def one_round(queue: str, policy: str, wait: float) -> Round:
     result = Round()
     urls = clusterctl.urls("abc")
-    pub = geamqp.connect(urls, name="failover-pub")
-    sub = geamqp.connect(urls, name="failover-sub")
+    pub = clusterctl.connect_in_order(urls, name="failover-pub")
+    sub = clusterctl.connect_in_order(urls, name="failover-sub")
     try:
         pub.add_on_connection_lost_callback(
             lambda *_: setattr(result, "lost", result.lost or result.since_kill()))

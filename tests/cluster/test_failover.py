@@ -24,8 +24,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(150)]
 
 def _connect(order: str, cluster: ModuleType, query: dict[str, object] | None = None,
              **kwargs: object) -> geamqp.Connection:
-    conn = geamqp.connect(cluster.urls(order, **(query or {})), recover=True, **kwargs)
-    assert conn.params.port == cluster.PORTS[order[0]]  # the first connect keeps the order
+    conn = cluster.connect_in_order(cluster.urls(order, **(query or {})), recover=True,
+                                    **kwargs)
+    assert conn.params.port == cluster.PORTS[order[0]]
     return conn
 
 

@@ -31,6 +31,10 @@ def _open(cluster: ModuleType, count: int, **kwargs: object) -> list[geamqp.Conn
     return [geamqp.connect(cluster.urls("abc"), **kwargs) for _ in range(count)]
 
 
+def _open_on_a(cluster: ModuleType, count: int) -> list[geamqp.Connection]:
+    return [cluster.connect_in_order(cluster.urls("abc")) for _ in range(count)]
+
+
 def _close(conns: list[geamqp.Connection]) -> None:
     for conn in conns:
         conn.close()
@@ -97,7 +101,7 @@ def test_fleet_spreads_its_connections(three_nodes: ModuleType, quorum_queue: st
 @pytest.mark.slow
 def test_reconnects_spread_over_the_survivors(three_nodes: ModuleType) -> None:
     """30 connections on node a; a is killed; the supervisor's shuffle spreads them."""
-    conns = _open(three_nodes, CONNECTIONS)
+    conns = _open_on_a(three_nodes, CONNECTIONS)
     try:
         assert _spread(conns, three_nodes) == Counter({"a": CONNECTIONS})
         recovered: list[geamqp.Connection] = []
