@@ -77,7 +77,8 @@ with_node_env() {
 ctl() {
     local n=$1
     shift
-    with_node_env "$n" env -u RABBITMQ_NODENAME \
+    # A CLI that cannot reach its node must not leave erl_crash.dump in the caller's folder.
+    with_node_env "$n" env -u RABBITMQ_NODENAME ERL_CRASH_DUMP_SECONDS=0 \
         "$RMQ_BIN/rabbitmqctl" -n "$(node_name "$n")" "$@"
 }
 

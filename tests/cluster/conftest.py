@@ -29,13 +29,13 @@ import geamqp
 def cluster() -> Iterator[ModuleType]:
     started_here = not clusterctl.running_nodes()  # a cluster of `make cluster` stays up
     began = time.monotonic()
-    clusterctl.start()  # also restarts, thaws or heals what a previous run left behind
-    if started_here:
-        print(f"\ncluster started in {time.monotonic() - began:.1f} s")
     try:
+        clusterctl.start()  # also restarts, thaws or heals what a previous run left behind
+        if started_here:
+            print(f"\ncluster started in {time.monotonic() - began:.1f} s")
         yield clusterctl
     finally:
-        if started_here:
+        if started_here:  # even when starting failed half-way
             clusterctl.stop()
 
 
