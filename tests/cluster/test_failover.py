@@ -195,7 +195,8 @@ def test_node_frozen_then_thawed(three_nodes: ModuleType, quorum_queue: str) -> 
             frozen = three_nodes.freeze("a")
             wait_until(lambda: t.pub_losses.lost and t.sub_losses.lost, 10, "heartbeat timeouts")
             detected = max(t.pub_losses.lost[0], t.sub_losses.lost[0]) - frozen_at
-            assert 2.0 <= detected <= 7.0, f"loss detected after {detected:.1f} s"
+            # 4.0-4.5 s on a quiet machine; a starved hub (load 12 on 2 cores) adds seconds.
+            assert 2.0 <= detected <= 10.0, f"loss detected after {detected:.1f} s"
             wait_until(lambda: t.pub_losses.recovered, 20, "the publisher recovered elsewhere")
             assert _node(t.pub_conn, three_nodes) in {"b", "c"}
             three_nodes.thaw(frozen)
