@@ -104,7 +104,11 @@ def pid(node: str) -> int:
 
 def kill(node: str) -> int:
     """kill -9 the node's beam; returns when the process is gone. Returns the pid."""
-    target = pid(node)
+    return kill_pid(pid(node))
+
+
+def kill_pid(target: int) -> int:
+    """kill -9 a beam pid got from `pid()` (to kill at a chosen instant)."""
     os.kill(target, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _alive(target):

@@ -81,8 +81,10 @@ def _run_kill(cluster: ModuleType, queue: str, republish: bool) -> tuple[Ledger,
     """Publisher and consumer both on node a (the leader's node); kill a; restart it once
     both have recovered elsewhere; publish on until traffic has flowed again."""
     with _traffic(cluster, queue, republish_unconfirmed=republish) as t:
+        target = cluster.pid("a")
+        wait_until(lambda: t.publisher.outstanding, 5, "publishes in flight", interval=0.0005)
         killed_at = time.monotonic()
-        cluster.kill("a")
+        cluster.kill_pid(target)
         wait_until(lambda: t.pub_losses.recovered and t.sub_losses.recovered, 30,
                    "both connections recovered on a survivor")
         assert _node(t.pub_conn, cluster) != "a" and _node(t.sub_conn, cluster) != "a"
