@@ -974,6 +974,8 @@ def finish_restore(channel: Channel) -> None:
                              confirmation.properties, confirmation.mandatory)
         confirmation.seqno = seqno
         channel._confirms[seqno] = confirmation
+    if pending:
+        link.kick()
     channel._consuming.set()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,25 @@ from .consumer import OnMessage
 from .exceptions import AMQPError
 
 __all__ = ["ConsumerFleet"]
+
+
+class _StartAt:
+    """Host order of a fleet's connection i: its first connect starts at host i mod n,
+    so the fleet spreads over a cluster's nodes evenly; reconnects shuffle."""
+
+    __slots__ = ("first", "index")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.first = True
+
+    def __call__(self, candidates: list[Any]) -> list[Any]:
+        if self.first:
+            self.first = False
+            start = self.index % len(candidates)
+            return candidates[start:] + candidates[:start]
+        random.shuffle(candidates)
+        return candidates
 
 
 class ConsumerFleet:
@@ -80,7 +100,8 @@ class ConsumerFleet:
         conn_index = len(self.channels) // self.channels_per_connection
         if conn_index == len(self.connections):
             self.connections.append(connect(self._parameters,
-                                             name=f"{self._name}-{conn_index}"))
+                                             name=f"{self._name}-{conn_index}",
+                                             host_selector=_StartAt(conn_index)))
         conn = self.connections[conn_index]
         missing = (conn_index + 1) * self.channels_per_connection - len(self.channels)
 

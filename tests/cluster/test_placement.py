@@ -1,14 +1,13 @@
 """Where connections land on a 3-node cluster given the host list a, b, c.
 
-Today the first connect tries the list in the given order (every connection of a process
-lands on the first node) and only reconnects shuffle it. The issue asks for a shuffle per
-connection attempt, an option to keep the given order, and an optional callable choosing
-the node; the tests of those are xfail(strict) until the core has them (see the report for
-the proposed API: ``shuffle_hosts`` and ``host_selector`` on `geamqp.connect`).
+Every connection attempt shuffles the list (the first connect as well as reconnects, the
+node just lost tried last); ``shuffle_hosts=False`` keeps the given order; a
+``host_selector`` callable chooses; a `ConsumerFleet` starts connection i at host i mod n.
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Sequence
 from types import ModuleType
@@ -31,8 +30,23 @@ def _open(cluster: ModuleType, count: int, **kwargs: object) -> list[geamqp.Conn
     return [geamqp.connect(cluster.urls("abc"), **kwargs) for _ in range(count)]
 
 
+class _AFirstThenShuffled:
+    """A host_selector: the first connect lands on a; reconnects shuffle (the default)."""
+
+    def __init__(self) -> None:
+        self.first = True
+
+    def __call__(self, candidates: list[geamqp.ConnectionParameters],
+                 ) -> list[geamqp.ConnectionParameters]:
+        if self.first:
+            self.first = False
+            return candidates
+        return random.sample(candidates, len(candidates))
+
+
 def _open_on_a(cluster: ModuleType, count: int) -> list[geamqp.Connection]:
-    return [cluster.connect_in_order(cluster.urls("abc")) for _ in range(count)]
+    return [geamqp.connect(cluster.urls("abc"), host_selector=_AFirstThenShuffled())
+            for _ in range(count)]
 
 
 def _close(conns: list[geamqp.Connection]) -> None:
@@ -40,8 +54,6 @@ def _close(conns: list[geamqp.Connection]) -> None:
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs core change: the first connect tries the host "
-                   "list in the given order; it should shuffle it per attempt as reconnects do")
 def test_first_connects_spread_over_the_nodes(three_nodes: ModuleType) -> None:
     conns = _open(three_nodes, CONNECTIONS)
     try:
@@ -53,8 +65,6 @@ def test_first_connects_spread_over_the_nodes(three_nodes: ModuleType) -> None:
         _close(conns)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="needs core change: connect(shuffle_hosts=False) does not exist yet")
 def test_keeping_the_given_order(three_nodes: ModuleType) -> None:
     conns = _open(three_nodes, 5, shuffle_hosts=False)
     try:
@@ -63,8 +73,6 @@ def test_keeping_the_given_order(three_nodes: ModuleType) -> None:
         _close(conns)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="needs core change: connect(host_selector=...) does not exist yet")
 def test_a_callable_chooses_the_node(three_nodes: ModuleType) -> None:
     """The selector gets the candidates and returns the order to try them in, for the
     first connect and every reconnect: here node b (say, the queue leader's) first."""
@@ -83,8 +91,6 @@ def test_a_callable_chooses_the_node(three_nodes: ModuleType) -> None:
         _close(conns)
 
 
-@pytest.mark.xfail(strict=True, reason="needs core change: a ConsumerFleet's connections all "
-                   "land on the first host; it should place connection i on host i mod n")
 def test_fleet_spreads_its_connections(three_nodes: ModuleType, quorum_queue: str) -> None:
     fleet = geamqp.ConsumerFleet(three_nodes.urls("abc"), connections=6,
                                  channels_per_connection=1)
