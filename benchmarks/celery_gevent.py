@@ -40,9 +40,10 @@ import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 import geamqp  # noqa: E402
+import geamqp.kombu  # noqa: E402  (registers geamqp:// for the caller's Celery app)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCHEMES = {"geamqp": "geamqp", "pyamqp": "pyamqp"}
+SCHEMES = {"geamqp": "geamqp", "pyamqp": "pyamqp", "amqp": "amqp"}
 # What a lost or failing broker connection looks like in a Celery worker's log.
 LOSS = re.compile(r"Connection to broker lost|missed heartbeat|Cannot connect to|"
                   r"ConnectionResetError|Broken pipe|StreamLostError|AMQPHeartbeatTimeout|"
@@ -151,14 +152,12 @@ def run_once(transport: str, heartbeat: float, tasks: int, sleep_every: int, sle
 
 def _run_in(vhost: str, run: Run, sleep_every: int, sleep: float, concurrency: int,
             rpc_checks: int, timeout: float) -> Run:
-    if run.transport == "geamqp":
-        import geamqp.kombu  # noqa: F401
     url = broker_url(run.transport, vhost)
     queue, records = f"bench-tasks-{uuid.uuid4().hex[:8]}", f"bench-records-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, CELERY_BENCH_BROKER=url, CELERY_BENCH_HEARTBEAT=str(run.heartbeat),
                CELERY_BENCH_QUEUE=queue, CELERY_BENCH_RECORDS=records,
                PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
-    conn = geamqp.connect(broker_url("geamqp", vhost).replace("geamqp", "amqp", 1))
+    conn = geamqp.connect(broker_url("amqp", vhost))
     conn.channel().queue_declare(records)
     worker = Worker(env, concurrency)
     app = caller_app(url, queue)

@@ -69,6 +69,7 @@ from geamqp.exceptions import (
     ProbableAuthenticationError,
 )
 
+from . import _connection
 from ._channel import Channel, ConsumerCancelled, Message
 from ._connection import Connection, connection_parameters
 
@@ -132,7 +133,7 @@ class Transport(base.Transport):  # type: ignore[misc]
                 "port": self.default_ssl_port if self.client.ssl else self.default_port,
                 "login_method": "PLAIN"}
 
-    def establish_connection(self) -> Connection:
+    def establish_connection(self) -> _connection.Connection:
         conninfo = self.client
         for name, value in self.default_connection_params.items():
             if not getattr(conninfo, name, None):
@@ -151,34 +152,34 @@ class Transport(base.Transport):  # type: ignore[misc]
         return Connection(conn, conninfo, heartbeat=params.heartbeat,
                           confirm_publish=bool(options.get("confirm_publish", False)))
 
-    def close_connection(self, connection: Connection) -> None:
+    def close_connection(self, connection: _connection.Connection) -> None:
         connection.client = None
         connection.close()
 
-    def verify_connection(self, connection: Connection) -> bool:
+    def verify_connection(self, connection: _connection.Connection) -> bool:
         return connection.connected
 
-    def create_channel(self, connection: Connection) -> Channel:
+    def create_channel(self, connection: _connection.Connection) -> Channel:
         return connection.channel()
 
     def close_channel(self, channel: Channel) -> None:
         channel.close()
 
-    def drain_events(self, connection: Connection, timeout: float | None = None,
+    def drain_events(self, connection: _connection.Connection, timeout: float | None = None,
                      **kwargs: Any) -> None:
         connection.drain_events(timeout=timeout)
 
-    def _collect(self, connection: Connection | None) -> None:
+    def _collect(self, connection: _connection.Connection | None) -> None:
         if connection is not None:
             connection.collect()
 
-    def get_heartbeat_interval(self, connection: Connection) -> float:
+    def get_heartbeat_interval(self, connection: _connection.Connection) -> float:
         return connection.heartbeat
 
-    def heartbeat_check(self, connection: Connection, rate: float = 2) -> None:
+    def heartbeat_check(self, connection: _connection.Connection, rate: float = 2) -> None:
         """Nothing to do: geamqp's own greenlets send and check heartbeats."""
 
-    def qos_semantics_matches_spec(self, connection: Connection) -> bool:
+    def qos_semantics_matches_spec(self, connection: _connection.Connection) -> bool:
         """False on RabbitMQ 3.3 to 3.x, where basic.qos global=False is per consumer
         and Celery must ask for global=True to limit the channel."""
         props = connection.server_properties

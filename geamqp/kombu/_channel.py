@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import socket
 import uuid
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -38,7 +37,7 @@ _PROPERTY_NAMES = ("content_type", "content_encoding", "delivery_mode", "priorit
                    "type", "user_id", "app_id", "cluster_id")
 
 
-class queue_declare_ok_t(NamedTuple):  # noqa: N801 - py-amqp's name, which kombu users know
+class queue_declare_ok_t(NamedTuple):
     queue: str
     message_count: int
     consumer_count: int
@@ -88,6 +87,9 @@ class Message(base.Message):  # type: ignore[misc]
         if self._auto_acked:
             return
         super().ack(multiple=multiple)
+
+
+KombuMessage = Message  # for annotations inside Channel, whose Message attribute shadows it
 
 
 class OutgoingMessage:
@@ -227,7 +229,7 @@ class Channel(base.StdChannel):  # type: ignore[misc]
                                 **kwargs: Any) -> dict[str, Any]:
         return base.to_rabbitmq_queue_arguments(arguments, **kwargs)  # type: ignore[no-any-return]
 
-    def message_to_python(self, raw: RawMessage) -> Message:
+    def message_to_python(self, raw: RawMessage) -> KombuMessage:
         return self.Message(raw, channel=self)
 
     def basic_publish(self, msg: OutgoingMessage, exchange: str = "", routing_key: str = "",
@@ -252,7 +254,7 @@ class Channel(base.StdChannel):  # type: ignore[misc]
         limit = confirm_timeout or timeout
         try:
             if not confirmation.wait(limit):
-                raise socket.timeout(f"publish to {exchange!r} / {routing_key!r} not confirmed "
+                raise TimeoutError(f"publish to {exchange!r} / {routing_key!r} not confirmed "
                                      f"within {limit} s")
         except UnroutableError as exc:
             for returned in exc.messages:  # in confirm mode the return comes with the ack
@@ -336,7 +338,7 @@ class Channel(base.StdChannel):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ topology
 
-    def exchange_declare(self, exchange: str, type: str, passive: bool = False,  # noqa: A002
+    def exchange_declare(self, exchange: str, type: str, passive: bool = False,
                          durable: bool = False, auto_delete: bool = True, nowait: bool = False,
                          arguments: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self._ch.exchange_declare(exchange, type, passive=passive, durable=durable,

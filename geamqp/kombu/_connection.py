@@ -7,9 +7,9 @@ greenlet kombu drains from. See the package docstring for why.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -89,11 +89,10 @@ class Connection:
         requeues unacked deliveries, and they could not be acked any more).
         """
         pending = self._pending
-        if not pending:
-            if self._error is None:
-                self._wake.clear()
-                if not self._wake.wait(timeout):
-                    raise socket.timeout("timed out")
+        if not pending and self._error is None:
+            self._wake.clear()
+            if not self._wake.wait(timeout):
+                raise TimeoutError("timed out")  # socket.timeout is TimeoutError
         if self._error is not None:
             raise self._error
         for _ in range(len(pending)):
@@ -123,10 +122,8 @@ class Connection:
                     "this kombu connection was inherited through fork(); it was dropped")
             self._pending.clear()
             return
-        try:
+        with contextlib.suppress(AMQPError):
             self._conn.close()
-        except AMQPError:
-            pass
 
 
 # ---------------------------------------------------------------------- parameters

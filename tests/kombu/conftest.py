@@ -18,12 +18,12 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "integration"))
 
-import kombu  # noqa: E402
-from support.broker import port_open  # noqa: E402
-from support.faultproxy import FaultProxy  # noqa: E402
-from support.tlsfront import TLSFront  # noqa: E402
+import kombu
+from support.broker import port_open
+from support.faultproxy import FaultProxy
+from support.tlsfront import TLSFront
 
-import geamqp.kombu  # noqa: E402,F401  (registers geamqp://)
+import geamqp.kombu  # noqa: F401  (registers geamqp://)
 
 HOST, PORT = "127.0.0.1", 5672
 

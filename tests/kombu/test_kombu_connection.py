@@ -1,0 +1,177 @@
+"""Connecting through the geamqp transport: failover, resets under ensure(), credentials,
+TLS, error classes, recovery option, fork."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import gevent
+import gevent.os
+import kombu
+import pytest
+from kombu import Producer, Queue
+from support.faultproxy import FaultProxy
+from support.tlsfront import TLSFront
+
+import geamqp
+import geamqp.kombu
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _closed_port() -> tuple[socket.socket, int]:
+    """A local port that refuses connections: bound, never listening (kept while the test runs)."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    return holder, holder.getsockname()[1]
+
+
+def test_failover_url_skips_a_refused_first_host(kombu_url: str) -> None:
+    holder, port = _closed_port()
+    errors: list[Any] = []
+    try:
+        url = f"geamqp://guest:guest@127.0.0.1:{port}//;{kombu_url}"
+        with kombu.Connection(url) as conn:
+            conn.ensure_connection(errback=lambda exc, interval: errors.append(exc),
+                                   max_retries=3, interval_start=0, interval_step=0)
+            assert conn.connection.geamqp_connection.params.port == 5672
+            assert conn.port == 5672
+    finally:
+        holder.close()
+    assert len(errors) == 1 and isinstance(errors[0], geamqp.AMQPConnectionError)
+
+
+def test_connection_reset_during_ensure_wrapped_publishing(proxy: FaultProxy,
+                                                           unique_name: str) -> None:
+    url = f"geamqp://guest:guest@127.0.0.1:{proxy.port}//"
+    with kombu.Connection(url, transport_options={"confirm_publish": True}) as conn:
+        ch = conn.channel()
+        Queue(unique_name, durable=False, auto_delete=False)(ch).declare()
+        producer = Producer(conn)
+        errors: list[Any] = []
+        publish = conn.ensure(producer, producer.publish, max_retries=5, interval_start=0,
+                              interval_step=0.1, errback=lambda exc, interval: errors.append(exc))
+        for i in range(200):
+            publish(i, routing_key=unique_name)  # never raises: ensure() reconnects and retries
+            if i == 80:
+                assert proxy.reset_all() >= 1
+        assert errors and all(isinstance(e, conn.recoverable_connection_errors) for e in errors)
+        check = conn.channel()
+        got = set()
+        while (message := Queue(unique_name)(check).get(no_ack=True)) is not None:
+            got.add(message.payload)
+        check.queue_delete(unique_name)
+        check.close()
+    assert got == set(range(200))  # at least once: a publish whose confirm was lost is resent
+
+
+def test_password_may_be_a_callable_asked_on_each_connect(_broker_up: None) -> None:
+    calls: list[int] = []
+
+    def password() -> str:
+        calls.append(1)
+        return "guest"
+
+    with kombu.Connection(hostname="127.0.0.1", userid="guest", password=password,
+                          transport="geamqp.kombu:Transport") as conn:
+        conn.connect()
+        conn.collect()
+        conn.connect()
+        assert conn.connected
+    assert len(calls) == 2
+
+
+def test_localhost_means_127_0_0_1(_broker_up: None) -> None:
+    with kombu.Connection("geamqp://guest:guest@localhost//") as conn:
+        conn.connect()
+        assert conn.connection.geamqp_connection.params.host == "127.0.0.1"
+
+
+def test_wrong_password_is_not_retried(_broker_up: None) -> None:
+    errors: list[Any] = []
+    with kombu.Connection("geamqp://guest:wrong@127.0.0.1//") as conn, \
+            pytest.raises(geamqp.kombu.BrokerRefused) as refused:
+        conn.ensure_connection(errback=lambda exc, i: errors.append(exc), max_retries=3,
+                               interval_start=0)
+    assert errors == []
+    assert isinstance(refused.value.__cause__, geamqp.ProbableAuthenticationError)
+    assert "wrong" not in str(refused.value)
+
+
+def test_what_celery_reads_from_the_transport(kconn: kombu.Connection) -> None:
+    transport = kconn.transport
+    assert transport.driver_type == "amqp" and transport.driver_name == "geamqp"
+    assert not kconn.supports_heartbeats  # Celery never waits on heartbeat ticks
+    assert transport.heartbeat_check(kconn.connection) is None
+    assert issubclass(geamqp.StreamLostError, kconn.recoverable_connection_errors)
+    assert issubclass(geamqp.AMQPHeartbeatTimeout, kconn.connection_errors)
+    assert issubclass(geamqp.ChannelClosedByBroker, kconn.channel_errors)
+    assert issubclass(socket.timeout, kconn.connection_errors)
+    version = tuple(int(p) for p in kconn.connection.server_properties["version"].split(".")[:2])
+    assert kconn.qos_semantics_matches_spec is (version < (3, 3) or version >= (4, 0))
+    ch = kconn.default_channel
+    ok = ch.queue_declare("", exclusive=True)
+    assert ok == (ok.queue, 0, 0) and ok.queue.startswith("amq.gen-")
+    ch.basic_qos(0, 10, True)  # global qos, as Celery asks on RabbitMQ 3.3 to 3.x
+
+
+def test_geamqp_recovery_is_off_unless_asked(kombu_url: str) -> None:
+    with kombu.Connection(kombu_url) as plain:
+        plain.connect()
+        assert plain.connection.geamqp_connection.recover is False
+    with kombu.Connection(kombu_url, transport_options={"recover": True,
+                                                        "recovery_delay_max": 1}) as healing:
+        healing.connect()
+        assert healing.connection.geamqp_connection.recover is True
+
+
+def test_geamqps_connects_over_tls(tls_front: TLSFront, unique_name: str) -> None:
+    ca_file = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"{unique_name}-ca.pem")
+    tls_front.ca.cert_pem.write_to_path(ca_file)
+    try:
+        url = f"geamqps://guest:guest@localhost:{tls_front.port}//"
+        with kombu.Connection(url, ssl={"ca_certs": ca_file}) as conn:
+            queue = conn.SimpleQueue(unique_name, queue_opts={"exclusive": True})
+            queue.put("over tls")
+            message = queue.get(timeout=5)
+            assert message.payload == "over tls"
+            message.ack()
+            queue.close()
+    finally:
+        os.unlink(ca_file)
+    assert tls_front.handshakes_completed >= 1
+
+
+def test_after_fork_the_child_collects_and_opens_its_own(kconn: kombu.Connection,
+                                                         unique_name: str) -> None:
+    ch = kconn.channel()
+    queue = Queue(unique_name, durable=False, auto_delete=False)(ch)
+    queue.declare()
+    try:
+        pid = gevent.os.fork()
+        if pid == 0:  # the child reports through its exit code only
+            code = 1
+            try:
+                kconn.collect()  # what kombu's pools do after fork: no byte on the parent's socket
+                kconn.connect()
+                Producer(kconn).publish("from the child", routing_key=unique_name)
+                kconn.release()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = gevent.os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        assert kconn.connected  # the parent's connection is untouched
+        message = gevent.with_timeout(5, _wait_get, queue)
+        assert message.payload == "from the child"
+    finally:
+        ch.queue_delete(unique_name)
+        ch.close()
+
+
+def _wait_get(queue: Queue) -> Any:
+    while (message := queue.get(no_ack=True)) is None:
+        gevent.sleep(0.02)
+    return message
