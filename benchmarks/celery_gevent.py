@@ -67,6 +67,7 @@ class Run:
     left_in_queue: int = -1
     rpc_ok: int = 0
     rpc_checks: int = 0
+    per_second: list[int] = field(default_factory=list)  # first executions recorded, per second
     log_tail: list[str] = field(default_factory=list)
 
 
@@ -129,9 +130,12 @@ def caller_app(url: str, queue: str) -> Any:
 
 
 def count_records(conn: geamqp.Connection, records: str, n: int, seen: Counter[int],
-                  done: Event) -> None:
+                  done: Event, arrivals: list[float]) -> None:
     def on_record(_ch: Any, _method: Any, _props: Any, body: bytes) -> None:
-        seen[json.loads(body)["i"]] += 1
+        index = json.loads(body)["i"]
+        if index not in seen:
+            arrivals.append(time.monotonic())
+        seen[index] += 1
         if len(seen) >= n:
             done.set()
 
@@ -183,7 +187,8 @@ def _drive(run: Run, app: Any, conn: geamqp.Connection, worker: Worker, records:
            sleep_every: int, sleep: float, timeout: float) -> None:
     seen: Counter[int] = Counter()
     done = Event()
-    count_records(conn, records, run.tasks, seen, done)
+    arrivals: list[float] = []
+    count_records(conn, records, run.tasks, seen, done, arrivals)
     cpu0, t0 = cpu_seconds(worker.proc.pid), time.monotonic()
     for i in range(run.tasks):
         pause = sleep if sleep_every and i % sleep_every == sleep_every - 1 else 0
@@ -194,6 +199,8 @@ def _drive(run: Run, app: Any, conn: geamqp.Connection, worker: Worker, records:
     run.tasks_per_s = len(seen) / run.wall_s
     run.missing = run.tasks - len(seen)
     run.duplicates = sum(c - 1 for c in seen.values())
+    per_second = Counter(int(t - t0) for t in arrivals)
+    run.per_second = [per_second.get(s, 0) for s in range(int(run.wall_s) + 1)]
     if not finished:
         run.log_tail = worker.lines[-30:]
 

@@ -138,10 +138,11 @@ class Transport(base.Transport):  # type: ignore[misc]
         for name, value in self.default_connection_params.items():
             if not getattr(conninfo, name, None):
                 setattr(conninfo, name, value)
+        tls_name = conninfo.hostname  # certificates name the host as the user wrote it
         if conninfo.hostname == "localhost":
-            conninfo.hostname = "127.0.0.1"
+            conninfo.hostname = "127.0.0.1"  # as kombu's py-amqp transport: no IPv6 lookup
         options = dict(conninfo.transport_options or {})
-        params = connection_parameters(conninfo, options)
+        params = connection_parameters(conninfo, options, tls_name)
         recovery = {name: options[name] for name in _RECOVERY_OPTIONS if name in options}
         try:
             conn = geamqp.connect(params, name=options.get("connection_name"),

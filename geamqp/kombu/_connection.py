@@ -129,8 +129,10 @@ class Connection:
 # ---------------------------------------------------------------------- parameters
 
 
-def connection_parameters(conninfo: Any, options: dict[str, Any]) -> geamqp.ConnectionParameters:
-    """geamqp parameters from a kombu.Connection's fields and transport_options."""
+def connection_parameters(conninfo: Any, options: dict[str, Any],
+                          tls_name: str | None = None) -> geamqp.ConnectionParameters:
+    """geamqp parameters from a kombu.Connection's fields and transport_options;
+    `tls_name` is the name to send as SNI and verify (default: the host)."""
     password = conninfo.password
     if callable(password):  # resolved on every connection attempt: credential refresh
         password = password()
@@ -143,7 +145,7 @@ def connection_parameters(conninfo: Any, options: dict[str, Any]) -> geamqp.Conn
     return geamqp.ConnectionParameters(
         host=conninfo.hostname, port=int(conninfo.port), virtual_host=conninfo.virtual_host or "/",
         credentials=credentials, heartbeat=_heartbeat(conninfo.heartbeat, options),
-        ssl_options=ssl_options(conninfo.ssl, conninfo.hostname),
+        ssl_options=ssl_options(conninfo.ssl, tls_name or conninfo.hostname),
         stack_timeout=float(conninfo.connect_timeout or 15.0), **extra)
 
 

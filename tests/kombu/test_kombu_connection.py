@@ -175,3 +175,16 @@ def _wait_get(queue: Queue) -> Any:
     while (message := queue.get(no_ack=True)) is None:
         gevent.sleep(0.02)
     return message
+
+
+def test_heartbeat_and_ssl_options_map_to_geamqp(kombu_url: str) -> None:
+    cases = [({}, None), ({"heartbeat": 2}, 2), ({"heartbeat": 0.4}, 1),
+             ({"transport_options": {"heartbeat": 0}}, 0)]
+    for kwargs, expected in cases:
+        with kombu.Connection(kombu_url, **kwargs) as conn:
+            conn.connect()
+            assert conn.connection.geamqp_connection.params.heartbeat == expected, kwargs
+    with kombu.Connection("geamqps://guest:guest@localhost:1//",
+                          ssl={"ca_cert": "/nowhere"}) as conn, \
+            pytest.raises(ValueError, match="unknown ssl option.*ca_cert"):
+        conn.connect()
