@@ -143,19 +143,19 @@ def count_records(conn: geamqp.Connection, records: str, n: int, seen: Counter[i
 
 
 def run_once(transport: str, heartbeat: float, tasks: int, sleep_every: int, sleep: float,
-             concurrency: int, rpc_checks: int, timeout: float) -> Run:
+             concurrency: int, rpc_checks: int, timeout: float, log: str | None = None) -> Run:
     vhost = f"celery-bench-{uuid.uuid4().hex[:10]}"
     rabbitmqctl("add_vhost", vhost)
     try:
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         return _run_in(vhost, Run(transport, heartbeat, tasks), sleep_every, sleep,
-                       concurrency, rpc_checks, timeout)
+                       concurrency, rpc_checks, timeout, log)
     finally:
         rabbitmqctl("delete_vhost", vhost)
 
 
 def _run_in(vhost: str, run: Run, sleep_every: int, sleep: float, concurrency: int,
-            rpc_checks: int, timeout: float) -> Run:
+            rpc_checks: int, timeout: float, log: str | None) -> Run:
     url = broker_url(run.transport, vhost)
     queue, records = f"bench-tasks-{uuid.uuid4().hex[:8]}", f"bench-records-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, CELERY_BENCH_BROKER=url, CELERY_BENCH_HEARTBEAT=str(run.heartbeat),
@@ -178,6 +178,10 @@ def _run_in(vhost: str, run: Run, sleep_every: int, sleep: float, concurrency: i
         app.close()
         worker.stop()
         _tally_log(run, worker.lines)
+        if log:
+            with open(log, "a") as f:
+                f.write(f"==== {run.transport} heartbeat {run.heartbeat:g}\n")
+                f.write("\n".join(worker.lines) + "\n")
     run.left_in_queue = conn.channel().queue_declare(queue, passive=True).message_count
     conn.close()
     return run
@@ -224,6 +228,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
+    parser.add_argument("--log", help="append each worker's log to this file")
     args = parser.parse_args()
     if not args.json:
         print("| transport | heartbeat | tasks | wall s | tasks/s | worker CPU s | "
@@ -234,7 +239,7 @@ def main() -> int:
         for transport in args.transport.split(","):
             for heartbeat in (float(h) for h in args.heartbeat.split(",")):
                 run = run_once(transport, heartbeat, args.tasks, args.sleep_every, args.sleep,
-                               args.concurrency, args.rpc_checks, args.timeout)
+                               args.concurrency, args.rpc_checks, args.timeout, args.log)
                 ok = ok and not (run.missing or run.duplicates or run.left_in_queue)
                 if args.json:
                     print(json.dumps(asdict(run)), flush=True)

@@ -48,3 +48,20 @@ def work(index: int, sleep: float) -> None:
 def echo(value: object) -> object:
     """Returns its argument: the rpc:// result backend carries it back to the caller."""
     return value
+
+
+if os.environ.get("CELERY_BENCH_PROFILE"):  # a cProfile of the worker, from ready to shutdown
+    import cProfile
+
+    from celery import signals
+
+    _profile = cProfile.Profile()
+
+    @signals.worker_ready.connect
+    def _start_profile(**_: object) -> None:
+        _profile.enable()
+
+    @signals.worker_shutdown.connect
+    def _dump_profile(**_: object) -> None:
+        _profile.disable()
+        _profile.dump_stats(os.environ["CELERY_BENCH_PROFILE"])

@@ -48,3 +48,27 @@ def test_celery_gevent_worker_runs_every_task_once_with_heartbeats(_broker_up: N
     # 100 sleepers x 6 s over 100 slots is 6 s at best; py-amqp with heartbeats
     # on needs minutes (benchmarks/RESULTS.md). A generous bound for a shared machine:
     assert run["wall_s"] < 40, detail
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_example_app_runs_as_its_readme_says(_broker_up: None) -> None:
+    from support.broker import fresh_vhost
+
+    folder = os.path.join(ROOT, "examples", "celery_gevent")
+    with fresh_vhost("geamqp-kombu-example") as vhost:
+        env = dict(os.environ, BROKER_URL=f"geamqp://guest:guest@localhost:5672/{vhost}")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "gevent", "-c", "10",
+             "--loglevel=INFO"], cwd=folder, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            call = subprocess.run(
+                [sys.executable, "-c", "import tasks; print(tasks.add.delay(2, 3).get(timeout=30));"
+                 " print(tasks.slow_io.delay(0.5).get(timeout=30))"],
+                cwd=folder, env=env, capture_output=True, text=True, timeout=45)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            log = worker.communicate(timeout=10)[0]
+        assert call.stdout.split("\n")[:2] == ["5", "slept 0.5 s"], call.stderr[-2000:] + log
