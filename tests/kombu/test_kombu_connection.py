@@ -186,5 +186,5 @@ def test_heartbeat_and_ssl_options_map_to_geamqp(kombu_url: str) -> None:
             assert conn.connection.geamqp_connection.params.heartbeat == expected, kwargs
     with kombu.Connection("geamqps://guest:guest@localhost:1//",
                           ssl={"ca_cert": "/nowhere"}) as conn, \
-            pytest.raises(ValueError, match="unknown ssl option.*ca_cert"):
+            pytest.raises(ValueError, match=r"unknown ssl option.*ca_cert"):
         conn.connect()
