@@ -40,3 +40,9 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# A real Celery gevent worker on geamqp and on py-amqp, heartbeats 2 s and off
+# (several minutes: py-amqp with heartbeats on takes about 4 minutes alone).
+.PHONY: bench-celery
+bench-celery: venv broker
+	$(PY) benchmarks/celery_gevent.py --transport geamqp,pyamqp --heartbeat 2,0

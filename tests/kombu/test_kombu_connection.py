@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 import gevent
@@ -188,3 +189,17 @@ def test_heartbeat_and_ssl_options_map_to_geamqp(kombu_url: str) -> None:
                           ssl={"ca_cert": "/nowhere"}) as conn, \
             pytest.raises(ValueError, match=r"unknown ssl option.*ca_cert"):
         conn.connect()
+
+
+def test_confirm_timeout_raises_socket_timeout(proxy: FaultProxy, unique_name: str) -> None:
+    url = f"geamqp://guest:guest@127.0.0.1:{proxy.port}//"
+    with kombu.Connection(url, transport_options={"confirm_publish": True}) as conn:
+        producer = Producer(conn)
+        producer.publish("confirmed", routing_key=unique_name, confirm_timeout=5)
+        proxy.blackhole(True)  # the broker's ack never arrives
+        started = time.monotonic()
+        with pytest.raises(socket.timeout) as timed_out:
+            producer.publish("stalled", routing_key=unique_name, confirm_timeout=0.3)
+        assert 0.25 <= time.monotonic() - started < 3
+        assert isinstance(timed_out.value, conn.recoverable_connection_errors)  # as py-amqp
+        proxy.blackhole(False)
