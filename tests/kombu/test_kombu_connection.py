@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.os
 import kombu
 import pytest
@@ -34,11 +35,12 @@ def test_failover_url_skips_a_refused_first_host(kombu_url: str) -> None:
     errors: list[Any] = []
     try:
         url = f"geamqp://guest:guest@127.0.0.1:{port}//;{kombu_url}"
-        with kombu.Connection(url) as conn:
-            conn.ensure_connection(errback=lambda exc, interval: errors.append(exc),
-                                   max_retries=3, interval_start=0, interval_step=0)
+        # kombu's retry options travel in transport_options; the transport ignores them.
+        options = {"max_retries": 3, "interval_start": 0, "interval_step": 0,
+                   "errback": lambda exc, interval: errors.append(exc)}
+        with kombu.Connection(url, transport_options=options) as conn:
+            conn.default_channel.queue_declare(exclusive=True)
             assert conn.connection.geamqp_connection.params.port == 5672
-            assert conn.port == 5672
     finally:
         holder.close()
     assert len(errors) == 1 and isinstance(errors[0], geamqp.AMQPConnectionError)
@@ -122,10 +124,25 @@ def test_geamqp_recovery_is_off_unless_asked(kombu_url: str) -> None:
     with kombu.Connection(kombu_url) as plain:
         plain.connect()
         assert plain.connection.geamqp_connection.recover is False
-    with kombu.Connection(kombu_url, transport_options={"recover": True,
-                                                        "recovery_delay_max": 1}) as healing:
-        healing.connect()
-        assert healing.connection.geamqp_connection.recover is True
+
+
+def test_recover_option_heals_the_connection_underneath_kombu(proxy: FaultProxy,
+                                                              unique_name: str) -> None:
+    url = f"geamqp://guest:guest@127.0.0.1:{proxy.port}//"
+    options = {"recover": True, "recovery_delay_min": 0.05, "recovery_delay_max": 0.2}
+    with kombu.Connection(url, transport_options=options) as conn:
+        ch = conn.default_channel
+        queue = Queue(unique_name, durable=False, auto_delete=False)(ch)
+        queue.declare()
+        recovered = gevent.event.Event()
+        conn.connection.geamqp_connection.add_on_recovered_callback(lambda c: recovered.set())
+        proxy.reset_all()
+        assert recovered.wait(10)
+        Producer(ch).publish("after", routing_key=unique_name)  # the same kombu channel
+        assert conn.default_channel is ch and conn.connected
+        message = gevent.with_timeout(5, _wait_get, queue)
+        assert message.payload == "after"
+        ch.queue_delete(unique_name)
 
 
 def test_geamqps_connects_over_tls(tls_front: TLSFront, unique_name: str) -> None:
