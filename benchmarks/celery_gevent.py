@@ -61,6 +61,7 @@ class Run:
     tasks_per_s: float = 0.0
     worker_cpu_s: float = 0.0
     losses: int = 0
+    consumer_restarts: int = 0  # "consumer: Connection to broker lost" lines
     errors: int = 0
     duplicates: int = 0
     missing: int = 0
@@ -129,57 +130,85 @@ def caller_app(url: str, queue: str) -> Any:
     return app
 
 
+@dataclass
+class Plan:
+    """What one run does (the command line's options)."""
+
+    tasks: int = 2000
+    sleep_every: int = 10
+    sleep: float = 7.0
+    concurrency: int = 100
+    rpc_checks: int = 0
+    timeout: float = 300.0
+    log: str | None = None
+    reset_after: int = 0  # >0: the worker reaches the broker through a proxy reset then
+
+
 def count_records(conn: geamqp.Connection, records: str, n: int, seen: Counter[int],
-                  done: Event, arrivals: list[float]) -> None:
+                  done: Event, arrivals: list[float], on_count: Any = None) -> None:
     def on_record(_ch: Any, _method: Any, _props: Any, body: bytes) -> None:
         index = json.loads(body)["i"]
         if index not in seen:
             arrivals.append(time.monotonic())
         seen[index] += 1
+        if on_count is not None:
+            on_count(len(seen))
         if len(seen) >= n:
             done.set()
 
     conn.channel().basic_consume(records, on_record, auto_ack=True)
 
 
-def run_once(transport: str, heartbeat: float, tasks: int, sleep_every: int, sleep: float,
-             concurrency: int, rpc_checks: int, timeout: float, log: str | None = None) -> Run:
+def run_once(transport: str, heartbeat: float, plan: Plan) -> Run:
     vhost = f"celery-bench-{uuid.uuid4().hex[:10]}"
     rabbitmqctl("add_vhost", vhost)
     try:
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        return _run_in(vhost, Run(transport, heartbeat, tasks), sleep_every, sleep,
-                       concurrency, rpc_checks, timeout, log)
+        proxy = _start_proxy() if plan.reset_after else None
+        try:
+            return _run_in(vhost, Run(transport, heartbeat, plan.tasks), plan, proxy)
+        finally:
+            if proxy is not None:
+                proxy.stop()
     finally:
         rabbitmqctl("delete_vhost", vhost)
 
 
-def _run_in(vhost: str, run: Run, sleep_every: int, sleep: float, concurrency: int,
-            rpc_checks: int, timeout: float, log: str | None) -> Run:
+def _start_proxy() -> Any:
+    """tests/integration's fault proxy in front of the broker, for --reset-after."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "integration"))
+    from support.faultproxy import FaultProxy
+
+    return FaultProxy(upstream=("127.0.0.1", 5672)).start()
+
+
+def _run_in(vhost: str, run: Run, plan: Plan, proxy: Any) -> Run:
     url = broker_url(run.transport, vhost)
+    worker_url = url if proxy is None else url.replace(":5672/", f":{proxy.port}/")
     queue, records = f"bench-tasks-{uuid.uuid4().hex[:8]}", f"bench-records-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, CELERY_BENCH_BROKER=url, CELERY_BENCH_HEARTBEAT=str(run.heartbeat),
-               CELERY_BENCH_QUEUE=queue, CELERY_BENCH_RECORDS=records,
+    env = dict(os.environ, CELERY_BENCH_BROKER=worker_url,
+               CELERY_BENCH_HEARTBEAT=str(run.heartbeat), CELERY_BENCH_QUEUE=queue,
+               CELERY_BENCH_RECORDS=records,
                PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
     conn = geamqp.connect(broker_url("amqp", vhost))
     conn.channel().queue_declare(records)
-    worker = Worker(env, concurrency)
+    worker = Worker(env, plan.concurrency)
     app = caller_app(url, queue)
     try:
-        if not worker.ready.wait(timeout) or worker.proc.poll() is not None:
+        if not worker.ready.wait(plan.timeout) or worker.proc.poll() is not None:
             raise RuntimeError("worker did not start:\n" + "\n".join(worker.lines[-30:]))
-        _drive(run, app, conn, worker, records, sleep_every, sleep, timeout)
-        run.rpc_checks = rpc_checks
-        results = [app.send_task("bench.echo", args=(f"v{i}",)) for i in range(rpc_checks)]
-        run.rpc_ok = sum(r.get(timeout=timeout) == f"v{i}" for i, r in enumerate(results))
+        _drive(run, app, conn, worker, records, plan, proxy)
+        run.rpc_checks = plan.rpc_checks
+        results = [app.send_task("bench.echo", args=(f"v{i}",)) for i in range(plan.rpc_checks)]
+        run.rpc_ok = sum(r.get(timeout=plan.timeout) == f"v{i}" for i, r in enumerate(results))
     finally:
-        if rpc_checks:  # the caller's result drainer greenlet, started by get()
+        if plan.rpc_checks:  # the caller's result drainer greenlet, started by get()
             app.backend.result_consumer.drainer.stop()
         app.close()
         worker.stop()
         _tally_log(run, worker.lines)
-        if log:
-            with open(log, "a") as f:
+        if plan.log:
+            with open(plan.log, "a") as f:
                 f.write(f"==== {run.transport} heartbeat {run.heartbeat:g}\n")
                 f.write("\n".join(worker.lines) + "\n")
     run.left_in_queue = conn.channel().queue_declare(queue, passive=True).message_count
@@ -188,16 +217,22 @@ def _run_in(vhost: str, run: Run, sleep_every: int, sleep: float, concurrency: i
 
 
 def _drive(run: Run, app: Any, conn: geamqp.Connection, worker: Worker, records: str,
-           sleep_every: int, sleep: float, timeout: float) -> None:
+           plan: Plan, proxy: Any) -> None:
     seen: Counter[int] = Counter()
     done = Event()
     arrivals: list[float] = []
-    count_records(conn, records, run.tasks, seen, done, arrivals)
+
+    def maybe_reset(count: int) -> None:
+        if proxy is not None and count == plan.reset_after:
+            gevent.spawn(proxy.reset_all)
+
+    count_records(conn, records, run.tasks, seen, done, arrivals, maybe_reset)
     cpu0, t0 = cpu_seconds(worker.proc.pid), time.monotonic()
     for i in range(run.tasks):
-        pause = sleep if sleep_every and i % sleep_every == sleep_every - 1 else 0
+        every = plan.sleep_every
+        pause = plan.sleep if every and i % every == every - 1 else 0
         app.send_task("bench.work", args=(i, pause))
-    finished = done.wait(timeout)
+    finished = done.wait(plan.timeout)
     run.wall_s = time.monotonic() - t0
     run.worker_cpu_s = cpu_seconds(worker.proc.pid) - cpu0
     run.tasks_per_s = len(seen) / run.wall_s
@@ -211,6 +246,7 @@ def _drive(run: Run, app: Any, conn: geamqp.Connection, worker: Worker, records:
 
 def _tally_log(run: Run, lines: list[str]) -> None:
     run.losses = sum(1 for line in lines if LOSS.search(line))
+    run.consumer_restarts = sum("Connection to broker lost" in line for line in lines)
     run.errors = sum(1 for line in lines if ERROR.search(line))
     if run.losses or run.errors:
         run.log_tail = [line for line in lines if LOSS.search(line) or ERROR.search(line)][-20:]
@@ -225,11 +261,15 @@ def main() -> int:
     parser.add_argument("--sleep", type=float, default=7.0)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--rpc-checks", type=int, default=0)
+    parser.add_argument("--reset-after", type=int, default=0,
+                        help="reset the worker's broker connections after this many tasks ran")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
     parser.add_argument("--log", help="append each worker's log to this file")
     args = parser.parse_args()
+    plan = Plan(args.tasks, args.sleep_every, args.sleep, args.concurrency, args.rpc_checks,
+                args.timeout, args.log, args.reset_after)
     if not args.json:
         print("| transport | heartbeat | tasks | wall s | tasks/s | worker CPU s | "
               "connection losses | duplicates | missing |")
@@ -238,9 +278,8 @@ def main() -> int:
     for _ in range(args.repeat):
         for transport in args.transport.split(","):
             for heartbeat in (float(h) for h in args.heartbeat.split(",")):
-                run = run_once(transport, heartbeat, args.tasks, args.sleep_every, args.sleep,
-                               args.concurrency, args.rpc_checks, args.timeout, args.log)
-                ok = ok and not (run.missing or run.duplicates or run.left_in_queue)
+                run = run_once(transport, heartbeat, plan)
+                ok = ok and not (run.missing or run.left_in_queue)
                 if args.json:
                     print(json.dumps(asdict(run)), flush=True)
                 else:

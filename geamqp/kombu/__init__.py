@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import amqp.exceptions as amqp_errors  # kombu's own dependency: its exception classes
 import kombu.transport
 from kombu.transport import base
 from kombu.utils.amq_manager import get_manager
@@ -108,11 +109,14 @@ class Transport(base.Transport):  # type: ignore[misc]
     default_ssl_port = DEFAULT_SSL_PORT
 
     # socket.timeout (drain_events) is an OSError: as with py-amqp, kombu's loops
-    # catch it before these tuples are consulted.
-    connection_errors = (AMQPConnectionError, BrokerRefused, OSError)
-    channel_errors = (AMQPChannelError,)
-    recoverable_connection_errors = (AMQPConnectionError, OSError)
-    recoverable_channel_errors = ()
+    # catch it before these tuples are consulted. kombu's own code raises py-amqp's
+    # classes whatever the transport (kombu.common: "channel disconnected" when an
+    # entity's channel is closed), so they are listed too.
+    connection_errors = (AMQPConnectionError, BrokerRefused, OSError, amqp_errors.ConnectionError)
+    channel_errors = (AMQPChannelError, amqp_errors.ChannelError)
+    recoverable_connection_errors = (AMQPConnectionError, OSError,
+                                     amqp_errors.RecoverableConnectionError)
+    recoverable_channel_errors = (amqp_errors.RecoverableChannelError,)
 
     driver_name = "geamqp"
     driver_type = "amqp"  # Celery's mingle, gossip, events and quorum checks read this

@@ -44,6 +44,7 @@ class Connection:
         self._wake = Event()
         self._error: BaseException | None = None
         self._pid = os.getpid()
+        self._dropped = False  # kombu closed or collected it
         conn.add_on_close_callback(self._on_closed)
 
     def __repr__(self) -> str:
@@ -60,6 +61,20 @@ class Connection:
 
     @property
     def connected(self) -> bool:
+        """True until kombu closed or collected this connection (or it crossed a fork).
+
+        Not "the link is up": geamqp's reader sees a lost link between two kombu
+        calls, and kombu's ``Connection.connection`` silently opens a new one when
+        this turns False. A Celery worker would then drain a fresh connection that
+        has none of its consumers, and stop taking tasks without a word. Staying
+        True makes the loss surface as the connection error kombu and Celery
+        recover from: the next ``drain_events`` or channel call raises it (as
+        py-amqp's reads do), and they collect and reconnect."""
+        return not self._dropped and os.getpid() == self._pid
+
+    @property
+    def is_alive(self) -> bool:
+        """The link is up (or geamqp is recovering it)."""
         return self._error is None and not self._conn.is_closed and os.getpid() == self._pid
 
     def channel(self) -> Channel:
@@ -108,6 +123,7 @@ class Connection:
 
     def close(self) -> None:
         """Close the connection (bounded: geamqp gives the broker 5 s to answer)."""
+        self._dropped = True
         if os.getpid() != self._pid:
             self.collect()
             return
@@ -116,6 +132,7 @@ class Connection:
     def collect(self) -> None:
         """Drop this connection quickly: closed if it is ours, left untouched (no byte
         on the parent's socket) when it was inherited through fork()."""
+        self._dropped = True
         if os.getpid() != self._pid:
             if self._error is None:
                 self._error = ConnectionWrongStateError(

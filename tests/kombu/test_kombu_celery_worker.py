@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -25,20 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.mark.slow
 @pytest.mark.timeout(100)
 def test_celery_gevent_worker_runs_every_task_once_with_heartbeats(_broker_up: None) -> None:
-    driver = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "celery_gevent.py"),
-         "--transport", "geamqp", "--heartbeat", "2", "--tasks", "2000", "--sleep-every", "20",
-         "--sleep", "6", "--rpc-checks", "50", "--timeout", "60", "--json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
-    try:
-        out, err = driver.communicate(timeout=90)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)  # the worker too, if anything was left
-        driver.wait()
-    run = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
-    assert run, err[-3000:]
+    run: dict[str, Any] = _drive(["--tasks", "2000", "--sleep-every", "20", "--sleep", "6",
+                                  "--rpc-checks", "50", "--timeout", "60"])
     detail = json.dumps(run, indent=1)
     assert run["missing"] == 0, detail  # every task ran...
     assert run["duplicates"] == 0, detail  # ...once: no redelivery after a lost connection
@@ -72,3 +61,34 @@ def test_example_app_runs_as_its_readme_says(_broker_up: None) -> None:
                 os.killpg(worker.pid, signal.SIGKILL)
             log = worker.communicate(timeout=10)[0]
         assert call.stdout.split("\n")[:2] == ["5", "slept 0.5 s"], call.stderr[-2000:] + log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(100)
+def test_celery_worker_recovers_from_a_connection_reset(_broker_up: None) -> None:
+    """Every broker connection of the worker is reset after 200 of 600 tasks ran: the
+    worker notices (Celery's consumer restarts; kombu must not swap the connection
+    silently under it) and every task runs at least once; nothing is left."""
+    run: dict[str, Any] = _drive(["--tasks", "600", "--sleep-every", "0", "--reset-after", "200",
+                  "--timeout", "60"])
+    detail = json.dumps({k: v for k, v in run.items() if k != "log_tail"}, indent=1)
+    assert run["missing"] == 0, detail + "\n".join(run["log_tail"])
+    assert run["left_in_queue"] == 0, detail
+    assert run["consumer_restarts"] >= 1, detail
+
+
+def _drive(args: list[str]) -> dict[str, Any]:
+    driver = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "celery_gevent.py"),
+         "--transport", "geamqp", "--heartbeat", "2", "--json", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        out, err = driver.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # the worker too, if anything was left
+        driver.wait()
+    assert out.strip(), err[-3000:]
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
