@@ -45,9 +45,16 @@ Design (the rules this package keeps):
 - **Any greenlet may publish and ack** on any channel while another drains:
   geamqp's channels are greenlet-safe; a kombu ``Message`` keeps the channel
   it arrived on, so an ack goes to that channel with that delivery tag.
+- **A lost connection is reported, not replaced.** ``connected`` stays true
+  until kombu closes or collects the connection, so the loss reaches kombu
+  and Celery as the connection error they recover from (the next
+  ``drain_events`` or channel call raises it), instead of kombu quietly
+  opening a fresh connection that has none of the worker's consumers.
 - **After fork()**, ``_collect`` drops the inherited connection without a
   byte on the wire (the socket belongs to the parent): geamqp refuses a
-  connection used from another process with `ForkedConnectionError`.
+  connection used from another process with `ForkedConnectionError`. (At
+  the time of writing the core still runs the inherited reader greenlet in
+  a child whose hub runs; tests/kombu has a strict xfail for it.)
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ TLS, error classes, recovery option, fork."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -220,3 +221,32 @@ def test_confirm_timeout_raises_socket_timeout(proxy: FaultProxy, unique_name: s
         assert 0.25 <= time.monotonic() - started < 3
         assert isinstance(timed_out.value, conn.recoverable_connection_errors)  # as py-amqp
         proxy.blackhole(False)
+
+
+@pytest.mark.xfail(strict=True, reason="core defect: a forked child's hub keeps running the "
+                   "inherited reader/writer greenlets on the parent's socket (see report)")
+def test_parent_keeps_its_deliveries_while_a_forked_child_runs(kconn: kombu.Connection,
+                                                               unique_name: str) -> None:
+    got: list[Any] = []
+    queue = Queue(unique_name, exclusive=True)
+    with kombu.Consumer(kconn, [queue], callbacks=[lambda body, msg: got.append(body)],
+                        no_ack=True):
+        pid = gevent.os.fork()
+        if pid == 0:  # a prefork-style child: collects what it inherited, then just runs
+            try:
+                kconn.collect()
+                gevent.sleep(1.5)
+            finally:
+                os._exit(0)
+        try:
+            producer = Producer(kconn.channel())
+            for i in range(100):
+                producer.publish(i, routing_key=unique_name)
+                gevent.sleep(0.01)
+            deadline = time.monotonic() + 2
+            while len(got) < 100 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    kconn.drain_events(timeout=0.5)
+        finally:
+            gevent.os.waitpid(pid, 0)
+    assert sorted(got) == list(range(100))
