@@ -71,6 +71,25 @@ def test_connection_reset_during_ensure_wrapped_publishing(proxy: FaultProxy,
     assert got == set(range(200))  # at least once: a publish whose confirm was lost is resent
 
 
+def test_a_lost_connection_is_reported_not_silently_replaced(proxy: FaultProxy) -> None:
+    with kombu.Connection(f"geamqp://guest:guest@127.0.0.1:{proxy.port}//") as conn:
+        conn.connect()
+        closed = gevent.event.Event()
+        first = conn.connection
+        first.geamqp_connection.add_on_close_callback(lambda c, e: closed.set())
+        proxy.reset_all()
+        assert closed.wait(5)
+        # kombu would quietly open a new connection if this turned False; Celery's
+        # consumer would then wait on a connection without its consumers.
+        assert conn.connected and conn.connection is first
+        with pytest.raises(conn.recoverable_connection_errors):
+            conn.drain_events(timeout=1)
+        conn.collect()  # what kombu's ensure() and Celery's restart do next
+        assert not conn.connected
+        conn.connect()
+        assert conn.connection is not first and conn.connection.is_alive
+
+
 def test_password_may_be_a_callable_asked_on_each_connect(_broker_up: None) -> None:
     calls: list[int] = []
 
