@@ -171,7 +171,8 @@ def test_geamqps_connects_over_tls(tls_front: TLSFront, unique_name: str) -> Non
     try:
         url = f"geamqps://guest:guest@localhost:{tls_front.port}//"
         with kombu.Connection(url, ssl={"ca_certs": ca_file}) as conn:
-            queue = conn.SimpleQueue(unique_name, queue_opts={"exclusive": True})
+            queue = conn.SimpleQueue(unique_name, queue_opts={"exclusive": True},
+                                     exchange_opts={"auto_delete": True})
             queue.put("over tls")
             message = queue.get(timeout=5)
             assert message.payload == "over tls"

@@ -88,7 +88,8 @@ def test_round_trip_every_property_and_header_type(kconn: kombu.Connection,
 
 
 def test_simple_queue(kconn: kombu.Connection, unique_name: str) -> None:
-    queue = kconn.SimpleQueue(unique_name, queue_opts={"auto_delete": True})
+    queue = kconn.SimpleQueue(unique_name, queue_opts={"auto_delete": True},
+                              exchange_opts={"auto_delete": True})
     try:
         for i in range(3):
             queue.put({"gone": i})
