@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(100)
+@pytest.mark.timeout(130)
 def test_celery_gevent_worker_runs_every_task_once_with_heartbeats(_broker_up: None) -> None:
     run: dict[str, Any] = _drive(["--tasks", "2000", "--sleep-every", "20", "--sleep", "6",
                                   "--rpc-checks", "50", "--timeout", "60"])
@@ -66,7 +66,7 @@ def test_example_app_runs_as_its_readme_says(_broker_up: None) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(100)
+@pytest.mark.timeout(130)
 def test_celery_worker_recovers_from_a_connection_reset(_broker_up: None) -> None:
     """Every broker connection of the worker is reset after 200 of 600 tasks ran: the
     worker notices (Celery's consumer restarts; kombu must not swap the connection
@@ -86,7 +86,7 @@ def _drive(args: list[str]) -> dict[str, Any]:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
-        out, err = driver.communicate(timeout=90)
+        out, err = driver.communicate(timeout=110)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)  # the worker too, if anything was left
