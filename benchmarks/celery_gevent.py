@@ -62,6 +62,7 @@ class Run:
     worker_cpu_s: float = 0.0
     losses: int = 0
     consumer_restarts: int = 0  # "consumer: Connection to broker lost" lines
+    worker_exit: int | None = None  # the worker's exit code if it died during the run
     errors: int = 0
     duplicates: int = 0
     missing: int = 0
@@ -81,9 +82,13 @@ def broker_url(transport: str, vhost: str) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    """utime + stime of a live process; NaN once it has exited."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 class Worker:
@@ -235,13 +240,14 @@ def _drive(run: Run, app: Any, conn: geamqp.Connection, worker: Worker, records:
     finished = done.wait(plan.timeout)
     run.wall_s = time.monotonic() - t0
     run.worker_cpu_s = cpu_seconds(worker.proc.pid) - cpu0
+    run.worker_exit = worker.proc.poll()
     run.tasks_per_s = len(seen) / run.wall_s
     run.missing = run.tasks - len(seen)
     run.duplicates = sum(c - 1 for c in seen.values())
     per_second = Counter(int(t - t0) for t in arrivals)
     run.per_second = [per_second.get(s, 0) for s in range(int(run.wall_s) + 1)]
-    if not finished:
-        run.log_tail = worker.lines[-30:]
+    if not finished or run.worker_exit is not None:
+        run.log_tail = worker.lines[-40:]
 
 
 def _tally_log(run: Run, lines: list[str]) -> None:

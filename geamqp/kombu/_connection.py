@@ -111,8 +111,15 @@ class Connection:
         if self._error is not None:
             raise self._error
         for _ in range(len(pending)):
+            # A callback may yield (Celery's pool.spawn waits for a free slot): the
+            # connection can close meanwhile (which empties the queue), and another
+            # greenlet may drain too.
+            if not pending:
+                break
             fn, args = pending.popleft()
             fn(*args)
+        if self._error is not None:
+            raise self._error
 
     def _on_closed(self, _conn: geamqp.Connection, error: AMQPError) -> None:
         self._error = error

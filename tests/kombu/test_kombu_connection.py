@@ -15,6 +15,7 @@ import gevent.os
 import kombu
 import pytest
 from kombu import Producer, Queue
+from support.broker import wait_until
 from support.faultproxy import FaultProxy
 from support.tlsfront import TLSFront
 
@@ -88,6 +89,32 @@ def test_a_lost_connection_is_reported_not_silently_replaced(proxy: FaultProxy) 
         assert not conn.connected
         conn.connect()
         assert conn.connection is not first and conn.connection.is_alive
+
+
+def test_connection_lost_while_a_callback_waits_inside_drain_events(proxy: FaultProxy,
+                                                                    unique_name: str) -> None:
+    """Celery's callback can block in drain_events (a full pool): a loss meanwhile ends
+    the drain with the connection error."""
+    with kombu.Connection(f"geamqp://guest:guest@127.0.0.1:{proxy.port}//") as conn:
+        closed = gevent.event.Event()
+        conn.connection.geamqp_connection.add_on_close_callback(lambda c, e: closed.set())
+        seen: list[Any] = []
+
+        def blocking_callback(body: Any, message: Any) -> None:
+            seen.append(body)
+            if len(seen) == 1:
+                proxy.reset_all()
+                assert closed.wait(5)
+
+        with kombu.Consumer(conn, [Queue(unique_name, exclusive=True)],
+                            callbacks=[blocking_callback], prefetch_count=10):
+            producer = Producer(conn)
+            for i in range(10):
+                producer.publish(i, routing_key=unique_name)
+            wait_until(lambda: conn.connection.pending == 10, interval=0.01, what="10 buffered")
+            with pytest.raises(conn.recoverable_connection_errors):
+                conn.drain_events(timeout=5)
+    assert seen == [0]
 
 
 def test_password_may_be_a_callable_asked_on_each_connect(_broker_up: None) -> None:
