@@ -42,7 +42,7 @@ def test_celery_gevent_worker_runs_every_task_once_with_heartbeats(_broker_up: N
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_example_app_runs_as_its_readme_says(_broker_up: None) -> None:
     from support.broker import fresh_vhost
 
@@ -55,9 +55,9 @@ def test_example_app_runs_as_its_readme_says(_broker_up: None) -> None:
             stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             call = subprocess.run(
-                [sys.executable, "-c", "import tasks; print(tasks.add.delay(2, 3).get(timeout=30));"
+                [sys.executable, "-c", "import tasks; print(tasks.add.delay(2, 3).get(timeout=60));"
                  " print(tasks.slow_io.delay(0.5).get(timeout=30))"],
-                cwd=folder, env=env, capture_output=True, text=True, timeout=45)
+                cwd=folder, env=env, capture_output=True, text=True, timeout=100)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.pid, signal.SIGKILL)
