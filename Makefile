@@ -57,3 +57,9 @@ clean:
 .PHONY: test-compat
 test-compat: venv broker
 	$(PY) -m pytest tests/compat -m "not broker_disruptive" -q
+
+# A real Celery gevent worker on geamqp and on py-amqp, heartbeats 2 s and off
+# (several minutes: py-amqp with heartbeats on takes about 4 minutes alone).
+.PHONY: bench-celery
+bench-celery: venv broker
+	$(PY) benchmarks/celery_gevent.py --transport geamqp,pyamqp --heartbeat 2,0
