@@ -64,7 +64,9 @@ class Dispatcher:
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        # made on demand and dropped when idle: an empty deque is ~0.7 KiB, times
+        # 10,000 channels
+        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
         self._scheduler = _scheduler()
         self._busy = False  # in the ready list, or a runner is working on it
         self._greenlet: _Runner | None = None  # the runner working on it now
@@ -78,6 +80,8 @@ class Dispatcher:
         if self._stopped:
             return
         queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         queue.append((fn, args))
         if len(queue) == self.warn_at:
             self._warn_backlog()
@@ -92,15 +96,18 @@ class Dispatcher:
         self.warn_at = 0
         log.warning("%s: %d calls wait for the callbacks; with prefetch_count 0 the broker "
                     "sends without limit — set basic_qos(prefetch_count=...) to bound memory",
-                    self._name, len(self._queue))
+                    self._name, self.pending)
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        queue = self._queue
+        return len(queue) if queue is not None else 0
 
     def discard(self, unwanted: Callable[[Callable[..., Any]], bool]) -> int:
         """Drop the queued calls whose function `unwanted(fn)` picks; how many."""
         queue = self._queue
+        if not queue:
+            return 0
         kept = [(fn, args) for fn, args in queue if not unwanted(fn)]
         dropped = len(queue) - len(kept)
         if dropped:
@@ -118,7 +125,8 @@ class Dispatcher:
         self._stopped = True
         if drain:
             return  # a queued dispatcher is in the ready list: its runner drains it
-        self._queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
         runner = self._greenlet
         if runner is not None and runner is not gevent.getcurrent() and runner is not spare:
             runner.kill(block=True, timeout=5)
@@ -208,6 +216,9 @@ class _Runner(gevent.Greenlet):  # type: ignore[misc]
         while ready:
             dispatcher = ready.popleft()
             queue = dispatcher._queue
+            if queue is None:  # cannot be: made before it was ready
+                dispatcher._busy = False
+                continue
             popleft = queue.popleft
             dispatcher._greenlet = self
             try:
@@ -234,6 +245,8 @@ class _Runner(gevent.Greenlet):  # type: ignore[misc]
                 # on makes the dispatcher ready again.
                 dispatcher._greenlet = None
                 dispatcher._busy = False
+                if not queue:
+                    dispatcher._queue = None
             if not self.duty:  # it blocked meanwhile: back on duty
                 self.duty = True
                 scheduler.on_duty += 1

@@ -242,7 +242,7 @@ def test_large_publish_is_sent_from_the_body_itself(size: int) -> None:
     conn.publish(1, "ex", "rk", body, PROPS)
     conn.publish(1, "", "q", b"small again")
     buffers = conn.buffers_to_send()
-    views = [b for b in buffers if b is body or isinstance(b, memoryview) and b.obj is body]
+    views = [b for b in buffers if b is body or (isinstance(b, memoryview) and b.obj is body)]
     # not copies: only a tail shorter than LARGE_PART is joined with the small frames
     assert size - sum(len(v) for v in views) < LARGE_PART
     assert len(buffers) <= 2 * len(views) + 1  # the small frames between are joined
