@@ -56,6 +56,7 @@ from .frames import (
     LARGE_PART,
     PROTOCOL_HEADER,
     FrameReader,
+    coalesce,
     decode_deliver,
     deliver_at,
     encode_ack,
@@ -206,19 +207,7 @@ class AMQPConnection:
         if not self._large:
             return [out[0] if len(out) == 1 else b"".join(out)]
         self._large = False
-        buffers: list[bytes | memoryview] = []
-        small: list[bytes | memoryview] = []
-        for part in out:
-            if len(part) >= LARGE_PART:
-                if small:
-                    buffers.append(small[0] if len(small) == 1 else b"".join(small))
-                    small = []
-                buffers.append(part)
-            else:
-                small.append(part)
-        if small:
-            buffers.append(small[0] if len(small) == 1 else b"".join(small))
-        return buffers
+        return coalesce(out)
 
     def _send(self, channel: int, method: Method) -> None:
         self._out.append(encode_method(channel, method))

@@ -271,6 +271,24 @@ def publish_parts(
     return out
 
 
+def coalesce(parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """`parts` for one vectored send: each run of small parts joined into one
+    buffer, each part of LARGE_PART bytes or more passed on as it is (not copied)."""
+    buffers: list[bytes | memoryview] = []
+    small: list[bytes | memoryview] = []
+    for part in parts:
+        if len(part) >= LARGE_PART:
+            if small:
+                buffers.append(small[0] if len(small) == 1 else b"".join(small))
+                small = []
+            buffers.append(part)
+        else:
+            small.append(part)
+    if small:
+        buffers.append(small[0] if len(small) == 1 else b"".join(small))
+    return buffers
+
+
 _ACK = struct.Struct(">BHIHHQB")
 
 
