@@ -45,6 +45,9 @@ bench: venv broker
 	$(PY) benchmarks/compare.py --repeat 3
 	$(PY) benchmarks/threads.py
 	$(PY) benchmarks/fanout.py
+	$(PY) benchmarks/dispatch.py
+	$(PY) benchmarks/large.py --repeat 2 --copies
+	$(PY) benchmarks/gc_objects.py --repeat 2
 
 lint: venv
 	$(PY) -m ruff check geamqp tests benchmarks examples

@@ -16,7 +16,8 @@ on its own queue, prefetch 10, manual acks):
             its API allows: geamqp a greenlet per channel, pika callbacks
             chained from on_open, aio-pika asyncio.gather); client CPU
             (user + sys, getrusage) per connection
-  memory    VmRSS growth over the opening, per consumer and per connection
+  memory    VmRSS growth over the opening, per consumer and per connection;
+            and again once every consumer has had its deliveries ("after")
   deliver   the parent publishes `--messages` messages round-robin over every
             queue (pre-encoded frames, raw socket) as soon as the child is
             ready; time until the child has received and acked all of them;
@@ -46,6 +47,7 @@ import os
 import platform
 import resource
 import select
+import statistics
 import subprocess
 import sys
 import time
@@ -119,6 +121,8 @@ class Phases:
     def delivered(self, messages: int) -> None:
         self.record.update(deliver_s=time.perf_counter() - self.deliver_t0,
                            deliver_cpu_s=cpu_seconds() - self.deliver_c0, messages=messages)
+        # after the timing: every consumer has had a delivery (what its dispatcher keeps)
+        self.record.update(rss_delivered_kib=rss_kib() - self.rss0)
 
     def idle(self, sleep: Callable[[float], Any], seconds: float) -> Any:
         c0 = cpu_seconds()
@@ -576,19 +580,31 @@ def _ratio(mine: float | None, base: float | None) -> str:
     return f"{mine / base:.2f}"
 
 
+def median_record(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Field by field median of the runs that finished (the first failure if none did)."""
+    done = [r for r in records if r.get("phase") == "done"]
+    if not done:
+        return records[0]
+    merged = dict(done[0])
+    for key, value in done[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = statistics.median(r[key] for r in done)
+    return merged
+
+
 def fanout_table(rows: list[tuple[str, str, dict[str, Any]]]) -> str:
     lines = [
         "| scenario | client | open s | open CPU ms/conn | RSS KiB/consumer | RSS KiB/conn "
-        "| deliver msgs/s | deliver CPU µs/msg | idle CPU µs/s per conn "
-        "| open time ÷ geamqp's | KiB/consumer ÷ geamqp's |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "| RSS KiB/conn after deliveries | deliver msgs/s | deliver CPU µs/msg "
+        "| idle CPU µs/s per conn | open time ÷ geamqp's | KiB/consumer ÷ geamqp's |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base: dict[str, dict[str, Any]] = {}
     for scenario, client, r in rows:
         if client == "geamqp":
             base[scenario] = r
         if r.get("phase") != "done":
             lines.append(f"| {scenario} | {client} | failed: {r.get('error')} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         conns, consumers = r["connections"], r["consumers"]
         b = base.get(scenario, {})
@@ -596,6 +612,7 @@ def fanout_table(rows: list[tuple[str, str, dict[str, Any]]]) -> str:
         lines.append(
             f"| {scenario} | {client} | {r['open_s']:.2f} | {r['open_cpu_s'] / conns * 1e3:.2f} "
             f"| {per_consumer:.1f} | {r['rss_growth_kib'] / conns:.0f} "
+            f"| {r.get('rss_delivered_kib', 0) / conns:.0f} "
             f"| {r['messages'] / r['deliver_s']:,.0f} "
             f"| {r['deliver_cpu_s'] / r['messages'] * 1e6:.1f} "
             f"| {r['idle_cpu_s'] / r['idle_s'] / conns * 1e6:.1f} "
@@ -641,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-each", type=int, default=200)
     parser.add_argument("--pool-channels", type=int, default=4)
     parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="fan-out runs per client, alternating; the table shows medians")
     parser.add_argument("--skip-big", action="store_true")
     parser.add_argument("--skip-pool", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
@@ -667,12 +686,26 @@ def main(argv: list[str] | None = None) -> int:
         c, k = parse_shape(args.big)
         shapes.append((f"{c} x {k} x 1", c, k, 0))
     fanout_rows: list[tuple[str, str, dict[str, Any]]] = []
+    spread: list[str] = []
     for label, c, k, _ in shapes:
+        runs: dict[str, list[dict[str, Any]]] = {client: [] for client in clients}
+        for round_ in range(args.repeat):
+            # alternate the order, so a slow spell of the shared machine hits both
+            for client in (clients if round_ % 2 == 0 else clients[::-1]):
+                print(f"fan-out {label}: {client} ({round_ + 1}/{args.repeat}) ...",
+                      file=sys.stderr, flush=True)
+                runs[client].append(run_fanout(url, client, c, k, args.messages, args.idle,
+                                               profile=profile_path(f"fanout-{c}x{k}", client)))
         for client in clients:
-            print(f"fan-out {label}: {client} ...", file=sys.stderr, flush=True)
-            result = run_fanout(url, client, c, k, args.messages, args.idle,
-                                profile=profile_path(f"fanout-{c}x{k}", client))
-            fanout_rows.append((label, client, result))
+            fanout_rows.append((label, client, median_record(runs[client])))
+            spread.append(f"- {label} {client}: deliver CPU µs/msg per run "
+                          + ", ".join(_fmt(r["deliver_cpu_s"] / r["messages"] * 1e6, ".1f")
+                                      if r.get("phase") == "done" else "failed"
+                                      for r in runs[client])
+                          + "; RSS KiB/conn after deliveries "
+                          + ", ".join(f"{r['rss_delivered_kib'] / r['connections']:.0f}"
+                                      if r.get("phase") == "done" else "failed"
+                                      for r in runs[client]))
     if not args.skip_big and "geamqp" in clients:
         fc, fk, per = (int(x) for x in args.fleet.lower().split("x"))
         label = f"{fc} x {fk} x {per} (geamqp ConsumerFleet)"
@@ -697,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         fanout_table(fanout_rows),
     ]
+    if args.repeat > 1:
+        report += ["", f"Medians of {args.repeat} alternating runs; each run:", "", *spread]
     if pool_rows:
         n = args.pool_greenlets * args.pool_each
         report += ["", f"Pool: {args.pool_greenlets} greenlets x {args.pool_each} confirmed "

@@ -5,7 +5,8 @@
   code, so a slow callback cannot stall heartbeats or other channels.
 - The *writer* coalesces: any greenlet appends whole frames to the engine and
   calls `kick()`; the writer wakes once, takes everything queued in that hub
-  turn with `data_to_send()` and writes it with one `sendall`.
+  turn with `buffers_to_send()` and writes it with one `send` (one `sendmsg`
+  of several buffers when large bodies are sent from the publisher's bytes).
 - The *heartbeat* greenlet calls `engine.tick(now)` four times per interval, so a
   heartbeat goes out at most 3/4 of an interval after the last frame sent (the
   broker allows two intervals), and an idle connection wakes twice per interval.
@@ -61,10 +62,14 @@ def _abandon_after_fork() -> None:
 os.register_at_fork(after_in_child=_abandon_after_fork)
 _CLOSE_GRACE = 5.0  # seconds to wait for close-ok after a protocol error
 # Bytes of publishes queued for the writer before a publisher waits for it: bounds
-# the memory a fast publisher can pin (bodies plus the one joined copy the send
-# makes) whatever the message size, and is large enough that small messages
-# still leave in big batches (one syscall for thousands).
+# the memory a fast publisher can pin (queued bodies; large ones are sent from the
+# publisher's own bytes, small ones joined) whatever the message size, and is
+# large enough that small messages still leave in big batches (one syscall for
+# thousands).
+# 1 MiB, not more: a tight loop of small publishes yields to the writer about every
+# 6,000 of them (bigger batches cost CPU per message; RESULTS.md, recovery rework).
 HIGH_WATER_BYTES = 1024 * 1024
+_IOV_MAX = 1024  # buffers per sendmsg (Linux's IOV_MAX)
 
 
 def open_socket(params: ConnectionParameters, deadline: float | None) -> Any:
@@ -172,6 +177,32 @@ class Transport:
         self.kick()
         return bool(self._flushed.wait(timeout)) and self._error is None
 
+    def _send_buffers(self, buffers: list[Any]) -> None:
+        """Send every buffer, in order: one vectored `sendmsg` for as many as the
+        kernel takes (no joined copy of large bodies); TLS sockets, which have no
+        sendmsg, send them one by one."""
+        if len(buffers) == 1:
+            self._send_all(buffers[0])
+            return
+        sendmsg = getattr(self._sock, "sendmsg", None)
+        if sendmsg is None or isinstance(self._sock, ssl.SSLSocket):
+            for buf in buffers:
+                self._send_all(buf)
+            return
+        first = 0
+        while first < len(buffers):
+            try:
+                sent = sendmsg(buffers[first:first + _IOV_MAX])
+            except TimeoutError:
+                if not self._engine.blocked:
+                    raise
+                continue
+            while sent and sent >= len(buffers[first]):  # whole buffers out
+                sent -= len(buffers[first])
+                first += 1
+            if sent:  # part of one: the rest of it next
+                buffers[first] = memoryview(buffers[first])[sent:]
+
     def _send_all(self, data: bytes) -> None:
         """sock.send until all of `data` is out. (gevent's sendall() asks the kernel
         for the socket's buffer size on every call; one send() usually suffices.)
@@ -208,12 +239,12 @@ class Transport:
             return
         self._sent_directly = True
         self._run_callback(self._new_turn)
-        data = self._engine.data_to_send()
+        data = self._engine.buffers_to_send()
         if not data:
             return
         self._sending = True
         try:
-            self._send_all(data)
+            self._send_buffers(data)
         except OSError as exc:  # TimeoutError included
             self._write_failed(exc)
             return
@@ -234,14 +265,14 @@ class Transport:
     def _write_loop(self) -> None:
         wake = self._wake
         engine = self._engine
-        send_all = self._send_all
+        send_all = self._send_buffers
         try:
             while True:
                 wake.wait()
                 wake.clear()
                 if self._sending:
                     continue  # write_now() is mid-send; it kicks us when it is done
-                data = engine.data_to_send()
+                data = engine.buffers_to_send()
                 if data:
                     self._sending = True
                     try:

@@ -53,14 +53,17 @@ from .frames import (
     FRAME_METHOD,
     FRAME_MIN_SIZE,
     HEARTBEAT_FRAME,
+    LARGE_PART,
     PROTOCOL_HEADER,
     FrameReader,
+    coalesce,
     decode_deliver,
     deliver_at,
     encode_ack,
     encode_content,
     encode_method,
     encode_publish,
+    publish_parts,
 )
 from .properties import BasicProperties, decode_properties, new_properties
 from .settings import (
@@ -115,7 +118,8 @@ class AMQPConnection:
         self.blocked = False
         self._channels: dict[int, ChannelRecord] = {}
         self._reader = FrameReader(settings.frame_max)
-        self._out: list[bytes] = [PROTOCOL_HEADER]
+        self._out: list[bytes | memoryview] = [PROTOCOL_HEADER]
+        self._large = False  # _out holds a large body part: buffers_to_send() keeps it apart
         self.pending_bytes = 0  # message bodies queued in _out: the writer's back-pressure
         self._prelude = b""  # first bytes, while they might be a protocol header
         self._started = False  # a frame began: no protocol header can follow
@@ -187,7 +191,23 @@ class AMQPConnection:
         self._out = []
         self._sent = True
         self.pending_bytes = 0
-        return out[0] if len(out) == 1 else b"".join(out)
+        self._large = False
+        return bytes(out[0]) if len(out) == 1 else b"".join(out)
+
+    def buffers_to_send(self) -> list[bytes | memoryview]:
+        """Like `data_to_send()`, without copying large bodies: runs of small frames
+        are joined into one buffer, each large body part (a view of the publisher's
+        own bytes) is passed on as it is, for one vectored send (`sendmsg`)."""
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        self._sent = True
+        self.pending_bytes = 0
+        if not self._large:
+            return [out[0] if len(out) == 1 else b"".join(out)]
+        self._large = False
+        return coalesce(out)
 
     def _send(self, channel: int, method: Method) -> None:
         self._out.append(encode_method(channel, method))
@@ -671,9 +691,15 @@ class AMQPConnection:
         record = self._channels.get(channel)
         if record is None or record.state is not ChanState.OPEN:
             record = self._open_record(channel)
-        self._out.append(encode_publish(channel, exchange, routing_key, body, properties,
-                                        self.frame_max, mandatory, immediate))
-        self.pending_bytes += len(body) + 64  # a frame's overhead, roughly: empty bodies count
+        size = len(body)
+        if size < LARGE_PART:
+            self._out.append(encode_publish(channel, exchange, routing_key, body, properties,
+                                            self.frame_max, mandatory, immediate))
+        else:  # the frames' heads, and views of the body: no copy of it until the kernel's
+            self._out.extend(publish_parts(channel, exchange, routing_key, body, properties,
+                                           self.frame_max, mandatory, immediate))
+            self._large = True
+        self.pending_bytes += size + 64  # a frame's overhead, roughly: empty bodies count
         if record.confirm_mode:
             record.publish_seqno += 1
             return record.publish_seqno

@@ -172,7 +172,7 @@ def _content_frames(
         out.append(body)
         out.append(_END)
         return
-    view = memoryview(body)
+    view = memoryview(body).cast("B")  # any bytes-like body: parts count bytes
     for start in range(0, body_size, chunk):
         part = view[start : start + chunk]
         out.append(_HEADER.pack(FRAME_BODY, channel, len(part)))
@@ -242,6 +242,51 @@ def encode_publish(
     out = [method]
     _content_frames(channel, 60, props, body, frame_max, out)
     return b"".join(out)
+
+
+# A body part at least this long is sent from the publisher's own bytes (a view),
+# not copied into a joined buffer first.
+LARGE_PART = 64 * 1024
+
+
+def publish_parts(
+    channel: int,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    properties: BasicProperties | None,
+    frame_max: int,
+    mandatory: bool = False,
+    immediate: bool = False,
+) -> list[bytes | memoryview]:
+    """basic.publish with its content as a list of buffers: the frames' heads and
+    views of `body` (for large bodies: nothing of the body is copied)."""
+    bits = (2 if immediate else 0) | (1 if mandatory else 0)
+    method = _METHOD_FRAMES.get((channel, exchange, routing_key, bits))
+    if method is None:
+        method = _publish_method_frame(channel, exchange, routing_key, bits)
+    props = _EMPTY_PROPS if properties is None else encode_properties(properties)
+    out: list[bytes | memoryview] = [method]
+    _content_frames(channel, 60, props, body, frame_max, out)  # type: ignore[arg-type]
+    return out
+
+
+def coalesce(parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """`parts` for one vectored send: each run of small parts joined into one
+    buffer, each part of LARGE_PART bytes or more passed on as it is (not copied)."""
+    buffers: list[bytes | memoryview] = []
+    small: list[bytes | memoryview] = []
+    for part in parts:
+        if len(part) >= LARGE_PART:
+            if small:
+                buffers.append(small[0] if len(small) == 1 else b"".join(small))
+                small = []
+            buffers.append(part)
+        else:
+            small.append(part)
+    if small:
+        buffers.append(small[0] if len(small) == 1 else b"".join(small))
+    return buffers
 
 
 _ACK = struct.Struct(">BHIHHQB")

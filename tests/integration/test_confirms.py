@@ -18,7 +18,7 @@ from gevent.event import Event
 
 import geamqp
 import geamqp._transport
-from geamqp.consumer import Confirmation, ReturnedMessage
+from geamqp.consumer import Confirmation, ReturnedMessage, _Runner
 from geamqp.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 
 REJECT_PUBLISH = {"x-max-length": 1, "x-overflow": "reject-publish"}
@@ -279,7 +279,7 @@ def test_return_callback_without_confirms(conn, names):
     assert properties.correlation_id == "c-9"
     assert body == b"bounced"
     assert where is not conn._link.transport._reader
-    assert where is ch._dispatcher._greenlet
+    assert isinstance(where, _Runner)  # the channel's dispatcher ran it
 
 
 def test_wait_for_confirms_returns_false_on_timeout(proxy, names):

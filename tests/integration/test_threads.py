@@ -168,14 +168,14 @@ def test_concurrent_close_from_greenlets_and_threads_sends_one_close_frame(
     conn = geamqp.connect(broker.url(), name="test-threads-close-race")
     engine = conn._link.engine
     sent: list[bytes] = []
-    original = engine.data_to_send
+    original = engine.buffers_to_send  # what the transport writes from
 
-    def spy() -> bytes:
-        data = original()
-        sent.append(data)
-        return data
+    def spy() -> list[Any]:
+        buffers = original()
+        sent.append(b"".join(buffers))
+        return buffers
 
-    engine.data_to_send = spy  # type: ignore[method-assign]
+    engine.buffers_to_send = spy  # type: ignore[method-assign]
     greenlets = [gevent.spawn(conn.close) for _ in range(10)]
     threads = [threading.Thread(target=conn.close) for _ in range(10)]
     for t in threads:

@@ -27,6 +27,7 @@ from geamqp.protocol.frames import (
     FRAME_HEADER,
     FRAME_METHOD,
     HEARTBEAT_FRAME,
+    LARGE_PART,
     FrameReader,
     encode_content,
     encode_publish,
@@ -227,3 +228,36 @@ def test_client_publish_frames_respect_negotiated_frame_max() -> None:
     conn.publish(1, "", "q", b"z" * 10_000)
     sent = parse(conn.data_to_send(), frame_max=4096)
     assert [len(f.payload) for f in sent if f.type == FRAME_BODY] == [4088, 4088, 1824]
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 300_000, 1 << 20])
+def test_large_publish_is_sent_from_the_body_itself(size: int) -> None:
+    """Large bodies leave as views of the publisher's bytes (no joined copy), and
+    the bytes on the wire are the same as the joined encoding's."""
+    conn = opened()  # frame_max 131072
+    open_channel(conn)
+    conn.data_to_send()
+    body = bytes(range(256)) * (size // 256)
+    conn.publish(1, "", "q", b"small")
+    conn.publish(1, "ex", "rk", body, PROPS)
+    conn.publish(1, "", "q", b"small again")
+    buffers = conn.buffers_to_send()
+    views = [b for b in buffers if b is body or (isinstance(b, memoryview) and b.obj is body)]
+    # not copies: only a tail shorter than LARGE_PART is joined with the small frames
+    assert size - sum(len(v) for v in views) < LARGE_PART
+    assert len(buffers) <= 2 * len(views) + 1  # the small frames between are joined
+    expected = (encode_publish(1, "", "q", b"small", None, 131072)
+                + encode_publish(1, "ex", "rk", body, PROPS, 131072)
+                + encode_publish(1, "", "q", b"small again", None, 131072))
+    assert b"".join(buffers) == expected
+    assert conn.buffers_to_send() == [] and conn.pending_bytes == 0
+
+
+def test_small_publishes_leave_as_one_buffer() -> None:
+    conn = opened()
+    open_channel(conn)
+    conn.data_to_send()
+    for i in range(100):
+        conn.publish(1, "", "q", b"m%d" % i)
+    [joined] = conn.buffers_to_send()
+    assert isinstance(joined, bytes) and joined.count(b"\xce") >= 300

@@ -27,13 +27,13 @@ def test_a_publisher_parks_on_queued_bytes_when_the_broker_stops_reading(
         broker: FakeBroker, connect: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     flowing = Event()  # cleared: the broker has stopped reading, sends make no progress
     flowing.set()
-    send_all = Transport._send_all
+    send_buffers = Transport._send_buffers
 
-    def stallable_send(self: Transport, data: bytes) -> None:
+    def stallable_send(self: Transport, buffers: list[Any]) -> None:
         flowing.wait()
-        send_all(self, data)
+        send_buffers(self, buffers)
 
-    monkeypatch.setattr(Transport, "_send_all", stallable_send)
+    monkeypatch.setattr(Transport, "_send_buffers", stallable_send)
     conn, _ = connect(broker, params={"socket_timeout": 30.0})
     ch = conn.channel()
     engine = conn._link.engine
