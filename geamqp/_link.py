@@ -186,8 +186,10 @@ class Link:
         self.transport.kick()  # type: ignore[union-attr]
 
     def ack(self, channel: int, delivery_tag: int, multiple: bool) -> None:
+        """Queue basic.ack and write it now if this hub turn has not written yet
+        (saves the writer's wake-up per turn of acks; later acks coalesce)."""
         self.engine.ack(channel, delivery_tag, multiple)
-        self.transport.kick()  # type: ignore[union-attr]
+        self.transport.write_now()  # type: ignore[union-attr]
 
     def update_secret(self, secret: bytes, reason: str) -> AsyncResult:
         """Queue connection.update-secret; the result resolves on its -ok (FIFO)."""

@@ -348,7 +348,13 @@ class Channel:
     def _on_confirm(self, tag: int, multiple: bool, acked: bool) -> None:
         confirms = self._confirms
         if multiple:
-            done = [seq for seq in confirms if seq <= tag]
+            # The dict is in seqno order (publishes register in order): stop at the
+            # first one above `tag` instead of scanning every pending confirmation.
+            done = []
+            for seq in confirms:
+                if seq > tag:
+                    break
+                done.append(seq)
         else:
             done = [tag] if tag in confirms else []
         tm = self._tm
