@@ -94,6 +94,8 @@ class ChannelHost(Protocol):
     def consumer_gone(self, queue: str) -> None: ...
     def run_callback(self, fn: Callable[..., Any], *args: Any) -> None: ...
     def channel_ended(self, channel: Channel) -> None: ...
+    def channel_closed(self, channel: Channel, error: ChannelClosedByBroker,
+                       refused: Method | None) -> bool: ...
 
 
 class _Request:
@@ -138,6 +140,9 @@ class Channel:
         self._last_tag = 0
         self._republish: list[Confirmation] = []
         self._closer: gevent.Greenlet | None = None  # the greenlet inside close()
+        self._restored = Event()  # cleared while a channel recovery of its own runs
+        self._restored.set()
+        self._recovered_callbacks: list[Callable[..., Any]] = []
 
     def __repr__(self) -> str:
         return f"<Channel number={self.channel_number} {self._state.value}>"
@@ -191,6 +196,8 @@ class Channel:
             return
         if self._state is SUSPENDED or self._state is RESTORING:
             self._host.wait_recovered()
+            if self._state is not OPEN:
+                self._restored.wait()  # a channel recovery (bounded: it ends the channel)
             if self._state is OPEN:
                 return
         raise self._wrong_state()
@@ -203,6 +210,12 @@ class Channel:
     def add_on_close_callback(self, callback: Callable[[Channel, AMQPError], Any]) -> None:
         """`callback(channel, exception)` when the channel closes, for any reason."""
         self._close_callbacks.append(callback)
+
+    def add_on_channel_recovered_callback(self, callback: Callable[[Channel], Any]) -> None:
+        """`callback(channel)` each time the channel is reopened and restored (qos,
+        modes, consumers) after a connection recovery or a channel recovery
+        (``recover_channels``); it runs in the connection's dispatcher."""
+        self._recovered_callbacks.append(callback)
 
     def add_on_return_callback(self, callback: Callable[..., Any]) -> None:
         """`callback(channel, method, properties, body)` for each basic.return not
@@ -311,6 +324,9 @@ class Channel:
         error: AMQPError
         if by_peer:
             error = ChannelClosedByBroker(reply_code, reply_text)
+            refused = self._requests[0].method if self._requests else None
+            if self._host.channel_closed(self, error, refused):
+                return  # suspended: channel recovery reopens it
         else:
             error = self._error or ChannelClosedByClient(reply_code, reply_text)
         self._end(error)
@@ -386,6 +402,7 @@ class Channel:
             consumer.stop()
         self._consuming.set()
         self._closed_event.set()
+        self._restored.set()
         self._link.detach(self.channel_number, self)
         self._host.channel_ended(self)
         log.log(logging.INFO if isinstance(error, ChannelClosedByBroker) else logging.DEBUG,
@@ -795,6 +812,22 @@ def suspend(channel: Channel, error: AMQPError, republish: bool) -> None:
         return
     if not channel._transition(ChannelEvent.LINK_LOST):
         return
+    _release_suspended(channel, error, republish)
+
+
+def suspend_closed(channel: Channel, error: AMQPError, republish: bool) -> bool:
+    """A broker close that channel recovery retries: OPEN/RESTORING -> SUSPENDED,
+    released as after a lost link; False (nothing changed) in any other state."""
+    if not channel._transition(ChannelEvent.RETRIABLE_CLOSE):
+        return False
+    channel._restored.clear()
+    log.warning("channel %s closed by the broker (%s): recovering it", channel.channel_number,
+                error)
+    _release_suspended(channel, error, republish)
+    return True
+
+
+def _release_suspended(channel: Channel, error: AMQPError, republish: bool) -> None:
     channel._release_requests(error)
     confirms, channel._confirms = channel._confirms, {}
     for confirmation in confirms.values():
@@ -802,7 +835,7 @@ def suspend(channel: Channel, error: AMQPError, republish: bool) -> None:
             channel._republish.append(confirmation)
         else:
             confirmation.set_failed(PublishOutcomeUnknown(
-                f"connection lost before the broker confirmed publish #"
+                f"connection or channel lost before the broker confirmed publish #"
                 f"{confirmation.seqno}: it may or may not have been routed ({error})"))
     channel._tag_offset = max(channel._tag_offset, channel._last_tag)
     # Manual-ack deliveries not yet handed to a callback would only be acked on a
@@ -894,7 +927,10 @@ def finish_restore(channel: Channel) -> None:
                              confirmation.properties, confirmation.mandatory)
         confirmation.seqno = seqno
         channel._confirms[seqno] = confirmation
+    channel._restored.set()
     channel._consuming.set()
+    for callback in channel._recovered_callbacks:
+        channel._host.run_callback(callback, channel)
 
 
 def fail_restore(channel: Channel, error: AMQPError) -> None:

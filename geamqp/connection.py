@@ -32,6 +32,7 @@ import gevent
 from gevent.event import Event
 
 from . import channel as channel_control
+from ._channel_recovery import retriable
 from ._hub import HubBridge, make_threadsafe
 from ._link import Link
 from ._topology import Topology
@@ -40,6 +41,7 @@ from .consumer import Dispatcher
 from .exceptions import (
     AMQPConnectionError,
     AMQPError,
+    ChannelClosedByBroker,
     ConnectionBlockedTimeout,
     ConnectionClosedByClient,
     ConnectionWrongStateError,
@@ -76,7 +78,8 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
             recovery_delay_min: float = 0.5, recovery_delay_max: float = 30.0,
             recovery_max_attempts: int | None = None, recovery_deadline: float | None = None,
             republish_unconfirmed: bool = False,
-            recovery_wait_timeout: float = 60.0) -> Connection:
+            recovery_wait_timeout: float = 60.0,
+            recover_channels: bool | None = None) -> Connection:
     """Open a connection: to a URL, a `ConnectionParameters`, or the first of a list that
     answers. `name` is shown in the management UI (connection_name).
 
@@ -85,7 +88,12 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
     `recovery_delay_max` seconds with full jitter, giving up after
     `recovery_max_attempts` attempts or `recovery_deadline` seconds (None: never);
     requests made meanwhile wait up to `recovery_wait_timeout` seconds. Unconfirmed
-    publishes fail with `PublishOutcomeUnknown` unless `republish_unconfirmed`."""
+    publishes fail with `PublishOutcomeUnknown` unless `republish_unconfirmed`.
+
+    `recover_channels` (default: the parameters', True) also reopens a channel the
+    broker closed with a code a retry cures (406 delivery-ack timeout; 404/405
+    answering basic.consume), with its modes and consumers; see
+    _channel_recovery.py for the choice. It needs ``recover=True``."""
     settings = RecoverySettings(recovery_delay_min, recovery_delay_max, recovery_max_attempts,
                                 recovery_deadline, republish_unconfirmed,
                                 recovery_wait_timeout)
@@ -97,6 +105,8 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
         candidates = [_as_params(p) for p in parameters]
         if not candidates:
             raise ValueError("connect() needs at least one URL or ConnectionParameters")
+    if recover_channels is not None:
+        settings.recover_channels = bool(recover_channels)
     return Connection(candidates, name=name, recover=recover, recovery=settings)
 
 
@@ -133,6 +143,9 @@ class Connection:
         self._recovered_callbacks: list[Callable[..., Any]] = []
         self._recovery_failed_callbacks: list[Callable[..., Any]] = []
         self._renamed_callbacks: list[Callable[..., Any]] = []
+        self._recover_channels = bool(
+            recover and (candidates[0].recover_channels if recovery is None
+                         or recovery.recover_channels is None else recovery.recover_channels))
         self._open()
 
     def __repr__(self) -> str:
@@ -479,6 +492,22 @@ class _Host:
         if channels.get(channel.channel_number) is channel:
             del channels[channel.channel_number]
 
+    def channel_closed(self, channel: Channel, error: ChannelClosedByBroker,
+                       refused: Method | None) -> bool:
+        """The broker closed `channel`: True when channel recovery takes it over."""
+        conn = self.connection
+        supervisor = conn._supervisor
+        if (supervisor is None or supervisor.recovering or conn._app_closing
+                or not conn._recover_channels
+                or conn._channels.get(channel.channel_number) is not channel
+                or not retriable(error.reply_code, error.reply_text, refused)):
+            return False
+        if not channel_control.suspend_closed(channel, error,
+                                              supervisor.settings.republish_unconfirmed):
+            return False
+        supervisor.restore_channel(channel)
+        return True
+
     # for links (_link.LinkHandler): reports of a link that is not current are stale
 
     def link_lost(self, link: Link, error: AMQPError) -> None:
@@ -511,6 +540,21 @@ class _RecoveryPort:
 
     def connect(self, params: ConnectionParameters) -> Link:
         return self.connection._connect_link(params)
+
+    def current_link(self) -> Link | None:
+        """The link, when open (channel recovery reopens a channel on it)."""
+        link = self.connection._link
+        return link if link is not None and link.is_open else None
+
+    def release_private(self) -> None:
+        """After a channel recovery: close the private channel it may have opened
+        (unless a connection recovery, which owns it then, runs)."""
+        conn = self.connection
+        if conn._supervisor is not None and conn._supervisor.recovering:
+            return
+        private, conn._private = conn._private, None
+        if private is not None and private.is_open:
+            private.close()
 
     def drop_link(self) -> None:
         """After a failed attempt: a link still open is cut; a lost one is already

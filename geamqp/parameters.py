@@ -78,6 +78,7 @@ class ConnectionParameters:
         connection_name: str | None = None,
         max_message_size: int = 128 * 1024 * 1024,
         zero_heartbeat_disables: bool = False,
+        recover_channels: bool = True,
     ) -> None:
         self.host = host
         self.port = port if port is not None else (DEFAULT_SSL_PORT if ssl_options
@@ -113,6 +114,8 @@ class ConnectionParameters:
         self.max_message_size = max_message_size
         # heartbeat=0 means "off" (pika) rather than "take the server's" (RabbitMQ)
         self.zero_heartbeat_disables = zero_heartbeat_disables
+        # reopen a channel closed by a retriable broker close (see _channel_recovery.py)
+        self.recover_channels = bool(recover_channels)
 
     def __repr__(self) -> str:
         user = getattr(self.credentials, "username", None)

@@ -52,6 +52,7 @@ import gevent
 from gevent.event import Event
 
 from . import channel as channel_control
+from ._channel_recovery import CHANNEL_ATTEMPTS
 from ._channel_state import ChannelState
 from ._topology import Topology
 from .exceptions import (
@@ -97,7 +98,8 @@ class RecoverySettings:
                  recovery_max_attempts: int | None = None,
                  recovery_deadline: float | None = None,
                  republish_unconfirmed: bool = False,
-                 recovery_wait_timeout: float = 60.0) -> None:
+                 recovery_wait_timeout: float = 60.0,
+                 recover_channels: bool | None = None) -> None:
         if recovery_delay_min < 0 or recovery_delay_max < recovery_delay_min:
             raise ValueError("need 0 <= recovery_delay_min <= recovery_delay_max")
         if recovery_max_attempts is not None and recovery_max_attempts < 1:
@@ -108,6 +110,7 @@ class RecoverySettings:
         self.deadline = recovery_deadline
         self.republish_unconfirmed = republish_unconfirmed
         self.wait_timeout = recovery_wait_timeout
+        self.recover_channels = recover_channels  # None: the parameters' choice
 
 
 def backoff_delay(attempt: int, delay_min: float, delay_max: float,
@@ -133,6 +136,8 @@ class RecoveryTarget(Protocol):
     def recovered(self) -> None: ...
     def gave_up(self, error: AMQPError) -> None: ...
     def queue_renamed(self, old: str, new: str) -> None: ...
+    def current_link(self) -> Link | None: ...
+    def release_private(self) -> None: ...
 
 
 class Policy(enum.Enum):
@@ -163,6 +168,7 @@ class Supervisor:
         self.recovered.set()
         self._greenlet: gevent.Greenlet | None = None
         self.attempts: list[float] = []  # loop times of reconnect attempts (for tests)
+        self._channel_restores: dict[Channel, gevent.Greenlet] = {}
 
     @property
     def recovering(self) -> bool:
@@ -178,6 +184,10 @@ class Supervisor:
         self._greenlet.name = "geamqp-supervisor"
 
     def stop(self) -> None:
+        restores, self._channel_restores = self._channel_restores, {}
+        for restore in restores.values():
+            if restore is not gevent.getcurrent():
+                restore.kill(block=False)
         greenlet, self._greenlet = self._greenlet, None
         if greenlet is not None and greenlet is not gevent.getcurrent():
             greenlet.kill(block=True, timeout=5)
@@ -346,6 +356,79 @@ class Supervisor:
                 return
             channel_control.restore_request(channel, consumer.consume_method())
         return restore
+
+
+    # ------------------------------------------------------------------ one channel
+
+    def restore_channel(self, channel: Channel) -> None:
+        """Channel recovery: `channel` was closed by the broker with a retriable code
+        and is SUSPENDED; reopen it on the current link (one restore per channel)."""
+        if channel in self._channel_restores:
+            return  # closed again during its restore: that restore retries
+        greenlet = gevent.spawn(self._restore_channel, channel)
+        greenlet.name = f"geamqp-channel-recovery-{channel.channel_number}"
+        self._channel_restores[channel] = greenlet
+
+    def _restore_channel(self, channel: Channel) -> None:
+        try:
+            error: BaseException | None = None
+            for attempt in range(CHANNEL_ATTEMPTS):
+                gevent.sleep(backoff_delay(attempt, self.settings.delay_min,
+                                           self.settings.delay_max))
+                if channel.state is not ChannelState.SUSPENDED or self.recovering:
+                    return  # closed meanwhile, or the connection recovery has it now
+                link = self.target.current_link()
+                if link is None:
+                    return  # the connection is going: it ends the channel
+                error = self._channel_attempt(channel, link)
+                if error is None or channel.state is not ChannelState.SUSPENDED:
+                    return
+                log.info("channel recovery attempt %d of channel %s failed: %s", attempt + 1,
+                         channel.channel_number, error)
+            failure = ChannelWrongStateError(
+                f"channel {channel.channel_number} not recovered after {CHANNEL_ATTEMPTS} "
+                f"attempts: {error}")
+            failure.__cause__ = error
+            log.error("%s", failure)
+            channel_control.fail_restore(channel, failure)
+        except AMQPError:
+            return  # the link died: the connection's recovery restores the channel
+        except Exception as exc:  # a bug must not leave the channel's waiters parked
+            log.exception("channel recovery failed unexpectedly")
+            channel_control.fail_restore(channel, ChannelWrongStateError(
+                f"channel {channel.channel_number} not recovered: {exc!r}"))
+        finally:
+            self._channel_restores.pop(channel, None)
+            self.target.release_private()
+
+    def _channel_attempt(self, channel: Channel, link: Link) -> AMQPChannelError | None:
+        """One restore of `channel` on `link`; the error when the broker closed it
+        again with a retriable code (it is SUSPENDED again), else None."""
+        for step in self._channel_plan(channel, link):
+            if channel.state is not ChannelState.RESTORING and step.what != "reopen":
+                return None if channel.state in _GONE else ChannelWrongStateError(
+                    f"channel {channel.channel_number} closed again during its recovery")
+            try:
+                step.run()
+            except AMQPChannelError as exc:
+                if channel.state is ChannelState.SUSPENDED:
+                    return exc
+                log.error("channel recovery: %s failed (%s); channel %s not restored",
+                          step.what, exc, channel.channel_number)
+                channel_control.fail_restore(channel, exc)
+                return None
+        return None
+
+    def _channel_plan(self, channel: Channel, link: Link) -> list[Step]:
+        """The restore of one channel: `plan` without the topology."""
+        number = channel.channel_number
+        steps = [Step("reopen", _reopener(channel, link), channel)]
+        steps += [Step(f"{m.NAME} on channel {number}", _requester(channel, m), channel)
+                  for m in channel_control.restore_steps(channel)]
+        steps += [Step(f"consumer {c.tag}", self._consumer_restorer(channel, c), channel)
+                  for c in channel_control.consumers_of(channel)]
+        steps.append(Step(f"finish channel {number}", _finisher(channel), channel))
+        return steps
 
 
 def _dropper(channel: Channel, channel_max: int) -> Callable[[], None]:

@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"geamqp._hub"},
     {"geamqp._transport"},
     {"geamqp._link"},
-    {"geamqp._channel_state", "geamqp._topology"},
+    {"geamqp._channel_state", "geamqp._topology", "geamqp._channel_recovery"},
     {"geamqp.consumer"},
     {"geamqp.channel"},
     {"geamqp.recovery"},
