@@ -33,6 +33,7 @@ from gevent.event import Event
 
 from . import channel as channel_control
 from ._channel_recovery import retriable
+from ._credentials import DEFAULT_REFRESH_LEAD, CredentialsSource, is_provider
 from ._hub import HubBridge, make_threadsafe
 from ._link import Link
 from ._topology import Topology
@@ -79,7 +80,8 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
             recovery_max_attempts: int | None = None, recovery_deadline: float | None = None,
             republish_unconfirmed: bool = False,
             recovery_wait_timeout: float = 60.0,
-            recover_channels: bool | None = None) -> Connection:
+            recover_channels: bool | None = None,
+            credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD) -> Connection:
     """Open a connection: to a URL, a `ConnectionParameters`, or the first of a list that
     answers. `name` is shown in the management UI (connection_name).
 
@@ -93,7 +95,12 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
     `recover_channels` (default: the parameters', True) also reopens a channel the
     broker closed with a code a retry cures (406 delivery-ack timeout; 404/405
     answering basic.consume), with its modes and consumers; see
-    _channel_recovery.py for the choice. It needs ``recover=True``."""
+    _channel_recovery.py for the choice. It needs ``recover=True``.
+
+    Credentials may be a zero-argument callable returning `PlainCredentials`: it is
+    called for each connection attempt and `credentials_refresh_lead` seconds before
+    their ``expires_at`` (then the new secret is sent with update-secret); see
+    _credentials.py."""
     settings = RecoverySettings(recovery_delay_min, recovery_delay_max, recovery_max_attempts,
                                 recovery_deadline, republish_unconfirmed,
                                 recovery_wait_timeout)
@@ -107,14 +114,16 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
             raise ValueError("connect() needs at least one URL or ConnectionParameters")
     if recover_channels is not None:
         settings.recover_channels = bool(recover_channels)
-    return Connection(candidates, name=name, recover=recover, recovery=settings)
+    return Connection(candidates, name=name, recover=recover, recovery=settings,
+                      credentials_refresh_lead=credentials_refresh_lead)
 
 
 class Connection:
     """An open AMQP connection. Create it with `geamqp.connect()`."""
 
     def __init__(self, candidates: list[ConnectionParameters], name: str | None = None,
-                 recover: bool = True, recovery: RecoverySettings | None = None) -> None:
+                 recover: bool = True, recovery: RecoverySettings | None = None,
+                 credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD) -> None:
         self._candidates = candidates
         self.name = name
         self.recover = recover
@@ -131,6 +140,7 @@ class Connection:
         self._closed = Event()
         self._error: AMQPError | None = None
         self._secret: str | None = None  # the newest update_secret(), for later links
+        self._credentials = CredentialsSource(self._refresh_secret, credentials_refresh_lead)
         self.server_properties: dict[str, Any] = {}
         self._bridge = HubBridge(self)
         self._topology = Topology()
@@ -200,8 +210,9 @@ class Connection:
         return link
 
     def _client_settings(self, params: ConnectionParameters) -> ClientSettings:
-        credentials = params.credentials
-        if self._secret is not None and isinstance(credentials, PlainCredentials):
+        credentials = self._credentials.resolve(params.credentials)
+        if (self._secret is not None and isinstance(credentials, PlainCredentials)
+                and not is_provider(params.credentials)):
             credentials = PlainCredentials(credentials.username, self._secret)
         return ClientSettings(
             credentials=credentials, virtual_host=params.virtual_host,
@@ -381,6 +392,7 @@ class Connection:
             link.shut_down()
 
     def _finish(self, error: AMQPError) -> None:
+        self._credentials.stop()
         self._error = error
         self._closed.set()
         self._dispatcher.stop(drain=True)
@@ -435,7 +447,16 @@ class Connection:
         link = self._link
         if not self.is_open or link is None:
             raise self._wrong_state()
-        self._secret = new_secret
+        with self._credentials.lock:  # one update (or provider call) at a time
+            self._secret = new_secret
+            link.update_secret(new_secret.encode("utf-8"), reason).get()
+
+    def _refresh_secret(self, new_secret: str, reason: str) -> None:
+        """The credentials provider's refresh: update-secret now, never waiting for a
+        recovery (which asks the provider itself)."""
+        link = self._link
+        if not self.is_open or link is None or self.is_recovering:
+            raise self._wrong_state()
         link.update_secret(new_secret.encode("utf-8"), reason).get()
 
     def add_callback_threadsafe(self, callback: Callable[[], Any]) -> None:

@@ -63,7 +63,7 @@ class ConnectionParameters:
         host: str = "localhost",
         port: int | None = None,
         virtual_host: str = "/",
-        credentials: Credentials | None = None,
+        credentials: Credentials | Callable[[], PlainCredentials] | None = None,
         channel_max: int = 2047,
         frame_max: int = 131072,
         heartbeat: int | None = None,
@@ -86,6 +86,8 @@ class ConnectionParameters:
         if not 0 < int(self.port) < 65536:
             raise ValueError(f"port must be 1..65535, not {port!r}")
         self.virtual_host = virtual_host
+        # a zero-argument callable returning PlainCredentials is asked per connection
+        # attempt and ahead of expires_at (see _credentials.py)
         self.credentials = credentials if credentials is not None else PlainCredentials(
             "guest", "guest")
         self.channel_max = channel_max
