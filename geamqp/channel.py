@@ -34,6 +34,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 from gevent.queue import Empty, Queue
 
+from . import _reconsume
 from ._channel_state import ChannelEvent, ChannelState, next_state
 from ._hub import HubBridge, make_threadsafe
 from .consumer import Confirmation, Consumer, Dispatcher, OnMessage, ReturnedMessage
@@ -143,6 +144,7 @@ class Channel:
         self._restored = Event()  # cleared while a channel recovery of its own runs
         self._restored.set()
         self._recovered_callbacks: list[Callable[..., Any]] = []
+        self._reconsuming: set[str] = set()  # tags waiting to re-consume after a broker cancel
 
     def __repr__(self) -> str:
         return f"<Channel number={self.channel_number} {self._state.value}>"
@@ -364,10 +366,28 @@ class Channel:
     def _on_broker_cancel(self, method: Basic.Cancel) -> None:
         log.info("channel %s: broker cancelled consumer %r", self.channel_number,
                  method.consumer_tag)
+        consumer = self._consumers.get(method.consumer_tag)
+        if consumer is not None:
+            self._after_broker_cancel(consumer)
         self._remove_consumer(method.consumer_tag, ConsumerCancelled(
             f"consumer {method.consumer_tag!r} was cancelled by the broker"))
         for callback in self._cancel_callbacks:
             self._dispatcher.submit(callback, method)
+
+    def _after_broker_cancel(self, consumer: Consumer) -> None:
+        """Re-consume when the consumer opted in (see _reconsume.py), else tell its
+        on_cancel that it is gone."""
+        tag = consumer.tag
+        if consumer.reconsume and self._state is OPEN:
+            self._reconsuming.add(tag)
+
+            def done() -> None:
+                self._reconsuming.discard(tag)
+                self._consuming.set()
+
+            _reconsume.start(self, consumer, lambda: tag in self._reconsuming, done)
+        elif consumer.on_cancel is not None:
+            self._dispatcher.submit(consumer.on_cancel, self, tag)
 
     def _remove_consumer(self, tag: str, reason: BaseException | type[StopIteration]) -> None:
         """The one way a consumer ends (cancelled by us or the broker, or its queue is
@@ -657,9 +677,17 @@ class Channel:
     def basic_consume(self, queue: str, on_message_callback: OnMessage, auto_ack: bool = False,
                       exclusive: bool = False, consumer_tag: str | None = None,
                       arguments: dict[str, Any] | None = None, *, executor: Any = None,
-                      concurrency: int = 1) -> str:
+                      concurrency: int = 1, on_cancel: Callable[[Channel, str], Any] | None = None,
+                      reconsume_on_cancel: bool = False) -> str:
         """Start a consumer; deliveries reach `on_message_callback(channel, method,
-        properties, body)` from the moment this returns. Returns the consumer tag."""
+        properties, body)` from the moment this returns. Returns the consumer tag.
+
+        `on_cancel(channel, consumer_tag)` runs when the broker ends the consumer (its
+        queue deleted, a failover with x-cancel-on-ha-failover, a recovery that could
+        not restore it). With `reconsume_on_cancel` the consumer is re-created once the
+        queue exists again (bounded, see _reconsume.py); on_cancel then runs only if
+        that fails. A stream consumer (x-stream-offset) resumes after the last offset
+        delivered to the callback whenever it is restored."""
         _require_str("queue", queue)
         if consumer_tag is not None:
             _require_str("consumer_tag", consumer_tag)
@@ -668,7 +696,8 @@ class Channel:
         if tag in self._consumers:
             raise DuplicateConsumerTag(f"consumer tag {tag!r} is already in use on this channel")
         consumer = Consumer(self, tag, queue, on_message_callback, auto_ack, exclusive,
-                            arguments, executor, concurrency, live=self._accepting)
+                            arguments, executor, concurrency, live=self._accepting,
+                            on_cancel=on_cancel, reconsume=reconsume_on_cancel)
         self._start_consumer(consumer)
         return tag
 
@@ -705,6 +734,7 @@ class Channel:
 
     def basic_cancel(self, consumer_tag: str) -> None:
         """Cancel a consumer; deliveries already received are still dispatched."""
+        self._reconsuming.discard(consumer_tag)
         if consumer_tag not in self._consumers:
             return
         try:
@@ -727,7 +757,7 @@ class Channel:
             if self._state is CLOSED:
                 assert self._error is not None
                 raise self._error
-            if self._stop_requested or not self._consumers:
+            if self._stop_requested or not (self._consumers or self._reconsuming):
                 return
             self._consuming.wait()
 
@@ -763,6 +793,8 @@ class Channel:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                if item[1].headers:
+                    consumer.note_offset(item[1])
                 yield item
         finally:
             if tag in self._consumers and self._state is OPEN:
@@ -904,7 +936,10 @@ def drop_consumer(channel: Channel, tag: str, reason: str) -> None:
     """A consumer that cannot be restored: ended as a broker cancel would end it."""
     if tag not in channel._consumers:
         return
+    consumer = channel._consumers[tag]
     channel._remove_consumer(tag, ConsumerCancelled(reason))
+    if consumer.on_cancel is not None:
+        channel._dispatcher.submit(consumer.on_cancel, channel, tag)
     for callback in channel._cancel_callbacks:
         channel._dispatcher.submit(callback, Basic.Cancel(tag, True))
 

@@ -37,6 +37,7 @@ LAYERS: list[set[str]] = [
     {"geamqp._channel_state", "geamqp._topology", "geamqp._channel_recovery",
      "geamqp._credentials"},
     {"geamqp.consumer"},
+    {"geamqp._reconsume"},
     {"geamqp.channel"},
     {"geamqp.recovery"},
     {"geamqp.connection"},

@@ -159,3 +159,36 @@ def test_link_lost_during_a_channel_recovery_hands_it_to_the_connection_recovery
     signals.wait("channel_recovered")
     assert ch.is_open
     assert broker.frames(C.Basic.Consume, conn=1, channel=1)[0].method.consumer_tag == tag
+
+
+# ---------------------------------------------------------------- streams (point 6)
+
+
+def _stream_delivery(peer: Any, tag: str, dtag: int, offset: int) -> None:
+    props = C.Basic.Properties(headers={"x-stream-offset": offset})
+    peer.deliver(1, tag, dtag, str(offset).encode(), properties=props)
+
+
+@pytest.mark.parametrize("how", ["connection", "channel"])
+def test_a_stream_consumer_resumes_after_the_last_offset_delivered(
+        broker: FakeBroker, connect: Any, how: str) -> None:
+    conn, signals = connect(broker)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=10)
+    ch.add_on_channel_recovered_callback(signals.callback("channel_recovered"))
+    tag = ch.basic_consume("stream", lambda c, m, p, b: signals.add("msg", int(b)),
+                           arguments={"x-stream-offset": "first"})
+    peer = broker.peer(0)
+    for dtag, offset in enumerate(range(100, 105), start=1):
+        _stream_delivery(peer, tag, dtag, offset)
+    signals.wait("msg", 5)
+    if how == "connection":
+        peer.drop()
+        signals.wait("recovered")
+    else:
+        peer.close_channel(1, 406, ACK_TIMEOUT)
+    signals.wait("channel_recovered")
+    conn_index = 1 if how == "connection" else 0
+    consumes = broker.frames(C.Basic.Consume, conn=conn_index, channel=1)
+    assert consumes[-1].method.arguments == {"x-stream-offset": 105}
+    assert [a[0] for a in signals.args("msg")] == list(range(100, 105))
