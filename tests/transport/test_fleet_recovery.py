@@ -5,7 +5,6 @@ consumers moved, a consumer the broker ends is reported failed."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import gevent
 import pytest
