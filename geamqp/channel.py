@@ -35,6 +35,7 @@ from gevent.event import AsyncResult, Event
 from gevent.queue import Empty, Queue
 
 from . import _reconsume
+from ._ack_guard import ConsumerTimeoutGuard, HeldDeliveries
 from ._channel_state import ChannelEvent, ChannelState, next_state
 from ._hub import HubBridge, make_threadsafe
 from .consumer import Confirmation, Consumer, Dispatcher, OnMessage, ReturnedMessage
@@ -145,6 +146,7 @@ class Channel:
         self._restored.set()
         self._recovered_callbacks: list[Callable[..., Any]] = []
         self._reconsuming: set[str] = set()  # tags waiting to re-consume after a broker cancel
+        self._held: HeldDeliveries | None = None  # the consumer-timeout guard's (_ack_guard.py)
 
     def __repr__(self) -> str:
         return f"<Channel number={self.channel_number} {self._state.value}>"
@@ -299,6 +301,8 @@ class Channel:
                 method.delivery_tag += self._tag_offset  # type: ignore[attr-defined]
             self._last_tag = method.delivery_tag  # type: ignore[attr-defined]
             consumer = self._consumers.get(method.consumer_tag)  # type: ignore[attr-defined]
+            if self._held is not None and consumer is not None and not consumer.auto_ack:
+                self._held.delivered(method.delivery_tag, consumer.tag)  # type: ignore[attr-defined]
             if consumer is None or consumer.orphaned:
                 self._unclaimed(consumer, method)  # type: ignore[arg-type]
             elif consumer.sink is not None:
@@ -423,6 +427,8 @@ class Channel:
         self._consuming.set()
         self._closed_event.set()
         self._restored.set()
+        if self._held is not None:
+            self._held.clear()
         self._link.detach(self.channel_number, self)
         self._host.channel_ended(self)
         log.log(logging.INFO if isinstance(error, ChannelClosedByBroker) else logging.DEBUG,
@@ -649,6 +655,8 @@ class Channel:
         return -1
 
     def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
+        if self._held is not None:
+            self._held.settled(delivery_tag, multiple)
         if self._state is not OPEN or self._tag_offset:
             delivery_tag = self._wire_tag(delivery_tag, multiple)
             if delivery_tag < 0:
@@ -657,11 +665,15 @@ class Channel:
 
     def basic_nack(self, delivery_tag: int = 0, multiple: bool = False,
                    requeue: bool = True) -> None:
+        if self._held is not None:
+            self._held.settled(delivery_tag, multiple)
         tag = self._wire_tag(delivery_tag, multiple)
         if tag >= 0:
             self._link.send(self.channel_number, Basic.Nack(tag, multiple, requeue))
 
     def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
+        if self._held is not None:
+            self._held.settled(delivery_tag, False)
         tag = self._wire_tag(delivery_tag, False)
         if tag >= 0:
             self._link.send(self.channel_number, Basic.Reject(tag, requeue))
@@ -826,6 +838,11 @@ def start_open(channel: Channel, number: int | None) -> _Request:
     return request
 
 
+def set_guard(channel: Channel, guard: ConsumerTimeoutGuard | None) -> None:
+    """Watch the channel's manual-ack deliveries with the consumer-timeout guard."""
+    channel._held = None if guard is None else HeldDeliveries(guard, channel)
+
+
 def await_open(channel: Channel, request: _Request) -> None:
     """Block until open-ok. Interrupted (Timeout, kill), the half-made channel is
     closed in the background and the interruption propagates."""
@@ -860,6 +877,8 @@ def suspend_closed(channel: Channel, error: AMQPError, republish: bool) -> bool:
 
 
 def _release_suspended(channel: Channel, error: AMQPError, republish: bool) -> None:
+    if channel._held is not None:
+        channel._held.clear()  # the broker requeued them
     channel._release_requests(error)
     confirms, channel._confirms = channel._confirms, {}
     for confirmation in confirms.values():

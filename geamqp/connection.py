@@ -32,6 +32,7 @@ import gevent
 from gevent.event import Event
 
 from . import channel as channel_control
+from ._ack_guard import ConsumerTimeoutGuard
 from ._channel_recovery import retriable
 from ._credentials import DEFAULT_REFRESH_LEAD, CredentialsSource, is_provider
 from ._hub import HubBridge, make_threadsafe
@@ -81,7 +82,8 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
             republish_unconfirmed: bool = False,
             recovery_wait_timeout: float = 60.0,
             recover_channels: bool | None = None,
-            credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD) -> Connection:
+            credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD,
+            consumer_timeout_guard: ConsumerTimeoutGuard | None = None) -> Connection:
     """Open a connection: to a URL, a `ConnectionParameters`, or the first of a list that
     answers. `name` is shown in the management UI (connection_name).
 
@@ -100,7 +102,8 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
     Credentials may be a zero-argument callable returning `PlainCredentials`: it is
     called for each connection attempt and `credentials_refresh_lead` seconds before
     their ``expires_at`` (then the new secret is sent with update-secret); see
-    _credentials.py."""
+    _credentials.py. `consumer_timeout_guard` warns about deliveries held close to the
+    broker's consumer_timeout (see _ack_guard.py)."""
     settings = RecoverySettings(recovery_delay_min, recovery_delay_max, recovery_max_attempts,
                                 recovery_deadline, republish_unconfirmed,
                                 recovery_wait_timeout)
@@ -114,8 +117,13 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
             raise ValueError("connect() needs at least one URL or ConnectionParameters")
     if recover_channels is not None:
         settings.recover_channels = bool(recover_channels)
+    if consumer_timeout_guard is not None and not isinstance(consumer_timeout_guard,
+                                                             ConsumerTimeoutGuard):
+        raise TypeError(f"consumer_timeout_guard must be a ConsumerTimeoutGuard, not "
+                        f"{type(consumer_timeout_guard).__name__}")
     return Connection(candidates, name=name, recover=recover, recovery=settings,
-                      credentials_refresh_lead=credentials_refresh_lead)
+                      credentials_refresh_lead=credentials_refresh_lead,
+                      consumer_timeout_guard=consumer_timeout_guard)
 
 
 class Connection:
@@ -123,7 +131,8 @@ class Connection:
 
     def __init__(self, candidates: list[ConnectionParameters], name: str | None = None,
                  recover: bool = True, recovery: RecoverySettings | None = None,
-                 credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD) -> None:
+                 credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD,
+                 consumer_timeout_guard: ConsumerTimeoutGuard | None = None) -> None:
         self._candidates = candidates
         self.name = name
         self.recover = recover
@@ -141,6 +150,7 @@ class Connection:
         self._error: AMQPError | None = None
         self._secret: str | None = None  # the newest update_secret(), for later links
         self._credentials = CredentialsSource(self._refresh_secret, credentials_refresh_lead)
+        self._guard = consumer_timeout_guard
         self.server_properties: dict[str, Any] = {}
         self._bridge = HubBridge(self)
         self._topology = Topology()
@@ -289,6 +299,7 @@ class Connection:
     def _open_channel(self, channel_number: int | None, register: bool) -> Channel:
         assert self._link is not None
         channel = Channel(self._host, self._link)
+        channel_control.set_guard(channel, self._guard)
         request = channel_control.start_open(channel, channel_number)
         if register:
             self._channels[channel.channel_number] = channel

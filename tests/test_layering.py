@@ -35,7 +35,7 @@ LAYERS: list[set[str]] = [
     {"geamqp._transport"},
     {"geamqp._link"},
     {"geamqp._channel_state", "geamqp._topology", "geamqp._channel_recovery",
-     "geamqp._credentials"},
+     "geamqp._credentials", "geamqp._ack_guard"},
     {"geamqp.consumer"},
     {"geamqp._reconsume"},
     {"geamqp.channel"},
