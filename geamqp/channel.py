@@ -805,8 +805,10 @@ class Channel:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                if item[1].headers:
-                    consumer.note_offset(item[1])
+                if item[1].headers and not consumer.note_offset(item[1]):
+                    if not auto_ack:  # a resumed stream's replay: already yielded
+                        self.basic_ack(item[0].delivery_tag)
+                    continue
                 yield item
         finally:
             if tag in self._consumers and self._state is OPEN:

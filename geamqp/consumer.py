@@ -182,13 +182,26 @@ class Consumer:
         return Basic.Consume(0, self.queue, self.tag, False, self.auto_ack, self.exclusive,
                              False, arguments)
 
-    def note_offset(self, properties: BasicProperties) -> None:
-        """Remember a stream delivery's offset as handed to the application."""
+    def note_offset(self, properties: BasicProperties) -> bool:
+        """Remember a stream delivery's offset as handed to the application; False
+        for one at or below the last offset handed over (a resumed stream replays
+        the start of the chunk holding its offset): that one is not handed over."""
         headers = properties.headers
         if headers:
             offset = headers.get("x-stream-offset")
             if isinstance(offset, int) and not isinstance(offset, bool):
+                if self.offset is not None and offset <= self.offset:
+                    return False
                 self.offset = offset
+        return True
+
+    def _replayed(self, method: Basic.Deliver, properties: BasicProperties) -> bool:
+        """A stream delivery already handed to the application: settled here."""
+        if self.note_offset(properties):
+            return False
+        if not self.auto_ack:
+            self.channel.basic_ack(method.delivery_tag)  # credit for the stream consumer
+        return True
 
     def run(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
         """Called in the dispatcher greenlet for each delivery."""
@@ -197,8 +210,8 @@ class Consumer:
             # acked, and an ack from here could not be sent anyway.
             return
         if self.executor is not None:
-            if properties.headers:
-                self.note_offset(properties)
+            if properties.headers and self._replayed(method, properties):
+                return
             # concurrent.futures executors have submit(); gevent's ThreadPool has spawn().
             submit = getattr(self.executor, "submit", None) or self.executor.spawn
             submit(self._call_logged, method, properties, body)
@@ -208,12 +221,12 @@ class Consumer:
             # created while waiting would outlive the close).
             self.pool.wait_available()
             if self.live():
-                if properties.headers:
-                    self.note_offset(properties)
+                if properties.headers and self._replayed(method, properties):
+                    return
                 self.pool.spawn(self._call_logged, method, properties, body)
         else:
-            if properties.headers:
-                self.note_offset(properties)
+            if properties.headers and self._replayed(method, properties):
+                return
             self.callback(self.channel, method, properties, body)  # type: ignore[misc]
 
     def _call_logged(self, method: Basic.Deliver, properties: BasicProperties,

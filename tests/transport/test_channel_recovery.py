@@ -192,3 +192,26 @@ def test_a_stream_consumer_resumes_after_the_last_offset_delivered(
     consumes = broker.frames(C.Basic.Consume, conn=conn_index, channel=1)
     assert consumes[-1].method.arguments == {"x-stream-offset": 105}
     assert [a[0] for a in signals.args("msg")] == list(range(100, 105))
+
+
+def test_a_resumed_stream_replaying_its_chunk_start_is_not_handed_over_twice(
+        broker: FakeBroker, connect: Any) -> None:
+    conn, signals = connect(broker)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=10)
+    ch.add_on_channel_recovered_callback(signals.callback("channel_recovered"))
+    tag = ch.basic_consume("stream", lambda c, m, p, b: signals.add("msg", int(b)),
+                           arguments={"x-stream-offset": "first"})
+    peer = broker.peer(0)
+    for dtag, offset in enumerate(range(3), start=1):
+        _stream_delivery(peer, tag, dtag, offset)
+    signals.wait("msg", 3)
+    mark = broker.mark()
+    peer.close_channel(1, 406, ACK_TIMEOUT)
+    signals.wait("channel_recovered")
+    for dtag, offset in enumerate(range(1, 5), start=1):  # the chunk starts at offset 1
+        _stream_delivery(peer, tag, dtag, offset)
+    signals.wait("msg", 5)
+    assert [a[0] for a in signals.args("msg")] == [0, 1, 2, 3, 4]
+    acks = broker.wait_for_all(C.Basic.Ack, conn=0, channel=1, after=mark, count=2)
+    assert [r.method.delivery_tag for r in acks] == [1, 2], "replayed ones are acked (credit)"
