@@ -425,10 +425,29 @@ class Supervisor:
         steps = [Step("reopen", _reopener(channel, link), channel)]
         steps += [Step(f"{m.NAME} on channel {number}", _requester(channel, m), channel)
                   for m in channel_control.restore_steps(channel)]
+        # An auto-delete queue went with its last consumer when the channel closed: one
+        # this connection declared is declared (and bound) again before consuming.
+        topology = self.target.topology
+        for name in sorted(channel_control.queues_consumed(channel)):
+            record = topology.queues.get(name)
+            if record is not None and record.auto_delete:
+                steps.append(Step(f"queue {name!r}", self._queue_declarer(name), channel))
+                steps.append(Step(f"bindings of {name!r}", self._binder(name), channel))
         steps += [Step(f"consumer {c.tag}", self._consumer_restorer(channel, c), channel)
                   for c in channel_control.consumers_of(channel)]
         steps.append(Step(f"finish channel {number}", _finisher(channel), channel))
         return steps
+
+    def _binder(self, queue: str) -> Callable[[], None]:
+        def bind() -> None:
+            topology = self.target.topology
+            for binding in list(topology.bindings.values()):
+                if not binding.to_exchange and binding.destination == queue:
+                    source = topology.exchanges.get(binding.source)
+                    if source is not None and source.auto_delete:  # went with its binding
+                        self._declare_with_retries(source.declare())
+                    self._declare_with_retries(binding.bind())
+        return bind
 
 
 def _dropper(channel: Channel, channel_max: int) -> Callable[[], None]:
