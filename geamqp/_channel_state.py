@@ -104,7 +104,8 @@ CALLS_BY_STATE: Final[dict[ChannelState, dict[str, str]]] = {
         "deliveries": "none arrive",
     },
     S.SUSPENDED: {
-        "requests": "wait for the recovery (recovery_wait_timeout), then as in the new state",
+        "requests": "wait for the recovery (a connection's: recovery_wait_timeout; a channel "
+                    "recovery's: until it ends), then as in the new state",
         "basic_publish": "wait for the recovery, then as in the new state",
         "basic_ack/nack/reject": "a tag of the lost connection is dropped at once "
                                  "(the broker redelivers that message)",
