@@ -169,6 +169,7 @@ class Supervisor:
         self._greenlet: gevent.Greenlet | None = None
         self.attempts: list[float] = []  # loop times of reconnect attempts (for tests)
         self._channel_restores: dict[Channel, gevent.Greenlet] = {}
+        self._channel_opens: dict[Channel, Any] = {}  # channel.open requests of channel recovery
 
     @property
     def recovering(self) -> bool:
@@ -361,27 +362,38 @@ class Supervisor:
     # ------------------------------------------------------------------ one channel
 
     def restore_channel(self, channel: Channel) -> None:
-        """Channel recovery: `channel` was closed by the broker with a retriable code
-        and is SUSPENDED; reopen it on the current link (one restore per channel)."""
-        if channel in self._channel_restores:
-            return  # closed again during its restore: that restore retries
-        greenlet = gevent.spawn(self._restore_channel, channel)
-        greenlet.name = f"geamqp-channel-recovery-{channel.channel_number}"
-        self._channel_restores[channel] = greenlet
+        """Channel recovery: the broker closed `channel` with a retriable code and it
+        is SUSPENDED. channel.open goes out at once, in the reader's turn, so the
+        number is never free for another channel to take; the restore greenlet (one
+        per channel) backs off after the open-ok, then restores modes and consumers."""
+        link = self.target.current_link()
+        if link is None:
+            return  # the link is going: the connection's recovery (or close) takes it
+        request = channel_control.begin_restore(channel, link)
+        if request is None:
+            return
+        self._channel_opens[channel] = request
+        if channel not in self._channel_restores:
+            greenlet = gevent.spawn(self._restore_channel, channel)
+            greenlet.name = f"geamqp-channel-recovery-{channel.channel_number}"
+            self._channel_restores[channel] = greenlet
 
     def _restore_channel(self, channel: Channel) -> None:
         try:
             error: BaseException | None = None
             for attempt in range(CHANNEL_ATTEMPTS):
+                request = self._channel_opens.pop(channel, None)
+                if request is None:
+                    return  # closed for good, or the connection's recovery has it
+                request.result.get()  # open-ok
                 gevent.sleep(backoff_delay(attempt, self.settings.delay_min,
                                            self.settings.delay_max))
-                if channel.state is not ChannelState.SUSPENDED or self.recovering:
-                    return  # closed meanwhile, or the connection recovery has it now
-                link = self.target.current_link()
-                if link is None:
-                    return  # the connection is going: it ends the channel
-                error = self._channel_attempt(channel, link)
-                if error is None or channel.state is not ChannelState.SUSPENDED:
+                if channel in self._channel_opens:
+                    continue  # closed again (and reopened) meanwhile
+                if channel.state is not ChannelState.RESTORING or self.recovering:
+                    return
+                error = self._channel_attempt(channel)
+                if error is None:
                     return
                 log.info("channel recovery attempt %d of channel %s failed: %s", attempt + 1,
                          channel.channel_number, error)
@@ -399,32 +411,36 @@ class Supervisor:
                 f"channel {channel.channel_number} not recovered: {exc!r}"))
         finally:
             self._channel_restores.pop(channel, None)
+            self._channel_opens.pop(channel, None)
             self.target.release_private()
 
-    def _channel_attempt(self, channel: Channel, link: Link) -> AMQPChannelError | None:
-        """One restore of `channel` on `link`; the error when the broker closed it
-        again with a retriable code (it is SUSPENDED again), else None."""
-        for step in self._channel_plan(channel, link):
-            if channel.state is not ChannelState.RESTORING and step.what != "reopen":
-                return None if channel.state in _GONE else ChannelWrongStateError(
+    def _channel_attempt(self, channel: Channel) -> AMQPChannelError | None:
+        """Restore the reopened `channel`; the error when the broker closed it again
+        with a retriable code (it is reopened already), else None."""
+        for step in self._channel_plan(channel):
+            if channel in self._channel_opens:
+                return ChannelWrongStateError(
                     f"channel {channel.channel_number} closed again during its recovery")
+            if channel.state is not ChannelState.RESTORING:
+                return None  # closed meanwhile, or the link is lost
             try:
                 step.run()
             except AMQPChannelError as exc:
-                if channel.state is ChannelState.SUSPENDED:
+                if channel in self._channel_opens:
                     return exc
-                log.error("channel recovery: %s failed (%s); channel %s not restored",
-                          step.what, exc, channel.channel_number)
-                channel_control.fail_restore(channel, exc)
+                if channel.state is ChannelState.RESTORING:
+                    log.error("channel recovery: %s failed (%s); channel %s not restored",
+                              step.what, exc, channel.channel_number)
+                    channel_control.fail_restore(channel, exc)
                 return None
         return None
 
-    def _channel_plan(self, channel: Channel, link: Link) -> list[Step]:
-        """The restore of one channel: `plan` without the topology."""
+    def _channel_plan(self, channel: Channel) -> list[Step]:
+        """The restore of one reopened channel: `plan` without the reopen and with
+        only the topology its consumers need."""
         number = channel.channel_number
-        steps = [Step("reopen", _reopener(channel, link), channel)]
-        steps += [Step(f"{m.NAME} on channel {number}", _requester(channel, m), channel)
-                  for m in channel_control.restore_steps(channel)]
+        steps = [Step(f"{m.NAME} on channel {number}", _requester(channel, m), channel)
+                 for m in channel_control.restore_steps(channel)]
         # An auto-delete queue went with its last consumer when the channel closed: one
         # this connection declared is declared (and bound) again before consuming.
         topology = self.target.topology

@@ -144,7 +144,7 @@ def test_retried_with_a_limit_then_the_channel_ends(broker: FakeBroker, connect:
     broker.peer(0).close_channel(1, 406, ACK_TIMEOUT)
     _, error = signals.wait("channel_closed", timeout=WAIT * 2)
     assert ch.is_closed and "not recovered after 5 attempts" in str(error)
-    assert len(broker.frames(C.Channel.Open, conn=0, channel=1)) == 1 + 5
+    assert len(broker.frames(C.Basic.Consume, conn=0, channel=1)) == 1 + 5
     round_trip(conn)
 
 
@@ -215,3 +215,17 @@ def test_a_resumed_stream_replaying_its_chunk_start_is_not_handed_over_twice(
     assert [a[0] for a in signals.args("msg")] == [0, 1, 2, 3, 4]
     acks = broker.wait_for_all(C.Basic.Ack, conn=0, channel=1, after=mark, count=2)
     assert [r.method.delivery_tag for r in acks] == [1, 2], "replayed ones are acked (credit)"
+
+
+def test_the_number_stays_taken_while_the_channel_recovers(
+        broker: FakeBroker, connect: Any) -> None:
+    conn, signals = connect(broker, recovery_delay_min=0.3, recovery_delay_max=0.3)
+    ch = conn.channel()
+    _consumer(ch, signals)
+    mark = broker.mark()
+    broker.peer(0).close_channel(1, 406, ACK_TIMEOUT)
+    broker.wait_for(C.Channel.CloseOk, conn=0, channel=1, after=mark)
+    other = conn.channel()  # during the back-off: number 1 is the recovering channel's
+    assert other.channel_number == 2
+    signals.wait("channel_recovered")
+    assert ch.is_open and ch.channel_number == 1 and other.is_open
