@@ -172,6 +172,9 @@ class Consumer:
         # A stream consumer: the x-stream-offset of the last delivery handed to the
         # application; a restore resumes right after it (nothing replayed, nothing skipped).
         self.offset: int | None = None
+        start = (arguments or {}).get("x-stream-offset")
+        if isinstance(start, int) and not isinstance(start, bool) and start > 0:
+            self.offset = start - 1  # the broker starts at the chunk holding it: skip the rest
 
     def consume_method(self) -> Basic.Consume:
         """The basic.consume that (re)creates this consumer on the broker; a stream

@@ -239,3 +239,41 @@ def test_quorum_poison_message_ends_in_the_dead_letter_queue(
     finally:
         conn.close()
         _delete_queues(admin, queue, dlq)
+
+
+@pytest.mark.parametrize("start", ["first", "last", "next", 7, "timestamp"])
+def test_stream_offset_specifications(broker: BrokerEndpoint, unique_name: str, admin: Any,
+                                      start: Any) -> None:
+    import datetime
+
+    stream = unique_name
+    admin.queue_declare(stream, durable=True, arguments={"x-queue-type": "stream"})
+    conn = geamqp.connect(broker.url(), name=unique_name, **FAST)
+    try:
+        admin.confirm_delivery()
+        for i in range(10):
+            admin.basic_publish("", stream, str(i).encode())
+        if start == "timestamp":  # a moment before anything was published
+            start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=50)
+        seen: list[int] = []
+        changed = Event()
+
+        def on_message(channel: Any, method: Any, props: Any, body: bytes) -> None:
+            seen.append(props.headers["x-stream-offset"])
+            channel.basic_ack(method.delivery_tag)
+            changed.set()
+
+        ch.basic_consume(stream, on_message, arguments={"x-stream-offset": start})
+        admin.basic_publish("", stream, b"10")
+        expected = {"first": list(range(11)), "last": None, "next": [10],
+                    7: [7, 8, 9, 10]}.get(start, list(range(11)))
+        wait_for(lambda: seen and seen[-1] == 10, 10, "the newest message")
+        if expected is None:  # "last": from the last chunk, which holds at least offset 10
+            assert seen == sorted(set(seen)) and seen[-1] == 10
+        else:
+            assert seen == expected
+    finally:
+        conn.close()
+        _delete_queues(admin, stream)
