@@ -25,7 +25,11 @@ supervisor greenlet:
    it) instead of killing the new channel with 406.
 
 It never recovers after the application's own ``close()``, a failed first
-connect, an authentication or vhost refusal, or a channel-level error.
+connect, an authentication or vhost refusal, or a channel-level error — except
+the few broker channel closes that channel recovery (``recover_channels``,
+`restore_channel`; the choice is in _channel_recovery.py) cures: that channel
+alone is reopened on the current link, its number kept, with the same plan's
+channel steps.
 
 The restore is an explicit plan (`Step` list, built per attempt), and each
 step has a failure policy (`Policy`): a connection-level failure (the link
