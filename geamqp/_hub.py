@@ -141,6 +141,8 @@ class HubBridge:
         self._async.start(self._on_async)
         self._async.ref = False
         self._runner: gevent.Greenlet | None = None  # started by the first callback
+        # called with the queue's depth once per batch (metrics), when set
+        self.report_depth: Callable[[int], None] | None = None
 
     def check_fork(self) -> None:
         if self.fork_generation != _fork_generation[0]:
@@ -244,6 +246,8 @@ class HubBridge:
 
     def _drain(self) -> None:
         queue = self._queue
+        if queue and self.report_depth is not None:
+            self.report_depth(len(queue))
         while queue:
             try:
                 callback = queue.popleft()

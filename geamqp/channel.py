@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -38,12 +39,14 @@ from . import _reconsume
 from ._ack_guard import ConsumerTimeoutGuard, HeldDeliveries
 from ._channel_state import ChannelEvent, ChannelState, next_state
 from ._hub import HubBridge, make_threadsafe
+from ._telemetry import Telemetry
 from .consumer import Confirmation, Consumer, Dispatcher, OnMessage, ReturnedMessage
 from .exceptions import (
     AMQPError,
     ChannelClosedByBroker,
     ChannelClosedByClient,
     ChannelWrongStateError,
+    ConnectionClosedByClient,
     ConsumerCancelled,
     DuplicateConsumerTag,
     NackError,
@@ -89,6 +92,7 @@ class ChannelHost(Protocol):
 
     connection: Any  # the Connection, as users see it (`channel.connection`)
     bridge: HubBridge
+    telemetry: Telemetry
 
     def wait_recovered(self) -> None: ...
     def wait_unblocked(self) -> None: ...
@@ -117,7 +121,7 @@ class _Request:
 class Channel:
     """One AMQP channel on a `Connection`. Create with `connection.channel()`."""
 
-    def __init__(self, host: ChannelHost, link: Link) -> None:
+    def __init__(self, host: ChannelHost, link: Link, telemetry: Telemetry | None = None) -> None:
         self.connection = host.connection
         self.channel_number = 0
         self._host = host
@@ -147,6 +151,11 @@ class Channel:
         self._recovered_callbacks: list[Callable[..., Any]] = []
         self._reconsuming: set[str] = set()  # tags waiting to re-consume after a broker cancel
         self._held: HeldDeliveries | None = None  # the consumer-timeout guard's (_ack_guard.py)
+        tm = self._tm = telemetry or host.telemetry
+        # One flag per hot path: without a collector each costs a single test.
+        self._observe_publish = (tm.published is not None or tm.before_publish is not None
+                                 or tm.times_confirms)
+        self._observe_delivery = tm.delivered is not None
 
     def __repr__(self) -> str:
         return f"<Channel number={self.channel_number} {self._state.value}>"
@@ -296,6 +305,9 @@ class Channel:
 
     def on_link_content(self, method: Method, properties: BasicProperties, body: bytes) -> None:
         kind = type(method)
+        if self._observe_delivery and kind is not Basic.Return:
+            self._tm.delivered(self._tm.info, self.channel_number,  # type: ignore[misc]
+                               len(body), method.redelivered)  # type: ignore[attr-defined]
         if kind is Basic.Deliver:
             if self._tag_offset:
                 method.delivery_tag += self._tag_offset  # type: ignore[attr-defined]
@@ -338,6 +350,9 @@ class Channel:
         self._end(error)
 
     def _on_return(self, method: Basic.Return, properties: BasicProperties, body: bytes) -> None:
+        if self._tm.returned is not None:
+            self._tm.returned(self._tm.info, self.channel_number, method.exchange,
+                              method.routing_key, method.reply_code)
         returned = ReturnedMessage(method, properties, body)
         for confirmation in self._confirms.values():
             if (confirmation.mandatory and confirmation.returned is None
@@ -358,8 +373,13 @@ class Channel:
             done = [seq for seq in confirms if seq <= tag]
         else:
             done = [tag] if tag in confirms else []
+        tm = self._tm
+        report = tm.acked if acked else tm.nacked
+        now = time.monotonic() if report is not None else 0.0
         for seq in done:
             confirmation = confirms.pop(seq)
+            if report is not None:
+                report(tm.info, self.channel_number, now - confirmation.sent_at)
             if acked:
                 confirmation.set_acked()
             else:
@@ -374,7 +394,7 @@ class Channel:
         if consumer is not None:
             self._after_broker_cancel(consumer)
         self._remove_consumer(method.consumer_tag, ConsumerCancelled(
-            f"consumer {method.consumer_tag!r} was cancelled by the broker"))
+            f"consumer {method.consumer_tag!r} was cancelled by the broker"), by_broker=True)
         for callback in self._cancel_callbacks:
             self._dispatcher.submit(callback, method)
 
@@ -393,18 +413,26 @@ class Channel:
         elif consumer.on_cancel is not None:
             self._dispatcher.submit(consumer.on_cancel, self, tag)
 
-    def _remove_consumer(self, tag: str, reason: BaseException | type[StopIteration]) -> None:
+    def _remove_consumer(self, tag: str, reason: BaseException | type[StopIteration],
+                         by_broker: bool = False) -> None:
         """The one way a consumer ends (cancelled by us or the broker, or its queue is
         gone): a `consume()` generator gets `reason`; callbacks already queued or
         running still finish."""
         consumer = self._consumers.pop(tag, None)
         if consumer is not None:
+            self._report_cancelled(consumer, by_broker)
             self._host.consumer_gone(consumer.queue)
             if consumer.sink is not None:
                 consumer.sink.put(reason)
             else:
                 self._dispatcher.submit(consumer.drain)
         self._consuming.set()
+
+    def _report_cancelled(self, consumer: Consumer, by_broker: bool) -> None:
+        tm = self._tm
+        if tm.consumer_cancelled is not None and not consumer.orphaned:
+            tm.consumer_cancelled(tm.info, self.channel_number, consumer.queue, consumer.tag,
+                                  by_broker)
 
     def _end(self, error: AMQPError, event: ChannelEvent = ChannelEvent.ENDED) -> None:
         """The channel is closed for good (by the broker, by us, with its connection,
@@ -421,6 +449,7 @@ class Channel:
         self._dispatcher.stop(spare=self._closer)
         consumers, self._consumers = self._consumers, {}
         for consumer in consumers.values():
+            self._report_cancelled(consumer, False)
             if consumer.sink is not None:
                 consumer.sink.put(error)
             consumer.stop()
@@ -433,6 +462,11 @@ class Channel:
         self._host.channel_ended(self)
         log.log(logging.INFO if isinstance(error, ChannelClosedByBroker) else logging.DEBUG,
                 "channel %s closed: %s", self.channel_number, error)
+        tm = self._tm
+        if tm.channel_closed is not None:
+            orderly = (isinstance(error, (ChannelClosedByClient, ConnectionClosedByClient))
+                       and error.reply_code == 200)
+            tm.channel_closed(tm.info, self.channel_number, None if orderly else error)
         # Callbacks still running are released above (they could not ack or publish
         # on a closed channel anyway); the close callbacks run in the connection's
         # dispatcher instead.
@@ -588,6 +622,9 @@ class Channel:
             self._host.wait_unblocked()
             self._await_open()
             link = self._link
+        if self._observe_publish:
+            return self._publish_observed(exchange, routing_key, body, properties, mandatory,
+                                          wait)
         try:
             seqno = link.publish(self.channel_number, exchange, routing_key, body, properties,
                                  mandatory)
@@ -602,6 +639,32 @@ class Channel:
             # close, may arrive while back-pressure parks this greenlet below.
             confirmation = Confirmation(seqno, exchange, routing_key, body, properties,
                                         mandatory)
+            self._confirms[seqno] = confirmation
+        link.push()
+        if confirmation is None:
+            return None
+        if wait:
+            confirmation.wait()
+            return None
+        return confirmation
+
+    def _publish_observed(self, exchange: str, routing_key: str, body: bytes,
+                          properties: BasicProperties | None, mandatory: bool,
+                          wait: bool) -> Confirmation | None:
+        """basic_publish with a collector: the tracing hook, the count, the confirm's
+        send time. (Kept apart so that the plain path pays one test for all of it.)"""
+        tm, link, number = self._tm, self._link, self.channel_number
+        if tm.before_publish is not None:
+            properties = tm.before_publish(tm.info, number, exchange, routing_key, properties)
+        seqno = link.publish(number, exchange, routing_key, body, properties, mandatory)
+        if tm.published is not None:
+            tm.published(tm.info, number, exchange, routing_key, len(body))
+        confirmation = None
+        if seqno:
+            confirmation = Confirmation(seqno, exchange, routing_key, body, properties,
+                                        mandatory)
+            if tm.times_confirms:
+                confirmation.sent_at = time.monotonic()
             self._confirms[seqno] = confirmation
         link.push()
         if confirmation is None:
@@ -662,6 +725,8 @@ class Channel:
             if delivery_tag < 0:
                 return
         self._link.ack(self.channel_number, delivery_tag, multiple)
+        if self._tm.delivery_acked is not None:
+            self._tm.delivery_acked(self._tm.info, self.channel_number, delivery_tag, multiple)
 
     def basic_nack(self, delivery_tag: int = 0, multiple: bool = False,
                    requeue: bool = True) -> None:
@@ -670,6 +735,9 @@ class Channel:
         tag = self._wire_tag(delivery_tag, multiple)
         if tag >= 0:
             self._link.send(self.channel_number, Basic.Nack(tag, multiple, requeue))
+            if self._tm.delivery_nacked is not None:
+                self._tm.delivery_nacked(self._tm.info, self.channel_number, tag, multiple,
+                                         requeue)
 
     def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
         if self._held is not None:
@@ -677,6 +745,8 @@ class Channel:
         tag = self._wire_tag(delivery_tag, False)
         if tag >= 0:
             self._link.send(self.channel_number, Basic.Reject(tag, requeue))
+            if self._tm.delivery_rejected is not None:
+                self._tm.delivery_rejected(self._tm.info, self.channel_number, tag, requeue)
 
     def basic_get(self, queue: str, auto_ack: bool = False) -> tuple[Any, Any, Any]:
         """One message from `queue`: (method, properties, body), or (None, None, None)."""
@@ -707,6 +777,10 @@ class Channel:
         tag = consumer_tag or _new_tag()
         if tag in self._consumers:
             raise DuplicateConsumerTag(f"consumer tag {tag!r} is already in use on this channel")
+        tm = self._tm
+        if tm.wrap_consumer is not None:
+            on_message_callback = tm.wrap_consumer(tm.info, self.channel_number, queue,
+                                                   on_message_callback)
         consumer = Consumer(self, tag, queue, on_message_callback, auto_ack, exclusive,
                             arguments, executor, concurrency, live=self._accepting,
                             on_cancel=on_cancel, reconsume=reconsume_on_cancel)
@@ -727,6 +801,9 @@ class Channel:
         try:
             self._link.request_flush()
             request.result.get()
+            tm = self._tm
+            if tm.consumer_added is not None:
+                tm.consumer_added(tm.info, self.channel_number, consumer.queue, consumer.tag)
         except BaseException:
             if self._consumers.get(consumer.tag) is consumer:
                 consumer.orphaned = True
@@ -832,6 +909,9 @@ def start_open(channel: Channel, number: int | None) -> _Request:
     """Queue channel.open on the channel's link (no yield); `await_open` waits."""
     def opened(_reply: Any) -> None:
         channel._transition(ChannelEvent.OPENED)
+        tm = channel._tm
+        if tm.channel_opened is not None:
+            tm.channel_opened(tm.info, channel.channel_number)
 
     channel.channel_number = channel._link.open_channel(number, channel)
     channel._dispatcher.rename(f"geamqp-channel-{channel.channel_number}")

@@ -25,6 +25,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ from ._channel_recovery import retriable
 from ._credentials import DEFAULT_REFRESH_LEAD, CredentialsSource, is_provider
 from ._hub import HubBridge, make_threadsafe
 from ._link import Link
+from ._telemetry import NO_TELEMETRY, Telemetry, telemetry_for
 from ._topology import Topology
 from .channel import Channel
 from .consumer import Dispatcher
@@ -51,6 +53,7 @@ from .exceptions import (
     ProbableAccessDeniedError,
     ProbableAuthenticationError,
 )
+from .metrics import Collector
 from .parameters import ConnectionParameters, URLParameters
 from .protocol import ClientSettings
 from .protocol.sasl import PlainCredentials
@@ -81,6 +84,7 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
             recovery_max_attempts: int | None = None, recovery_deadline: float | None = None,
             republish_unconfirmed: bool = False,
             recovery_wait_timeout: float = 60.0,
+            metrics: Collector | None = None,
             recover_channels: bool | None = None,
             credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD,
             consumer_timeout_guard: ConsumerTimeoutGuard | None = None) -> Connection:
@@ -103,7 +107,10 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
     called for each connection attempt and `credentials_refresh_lead` seconds before
     their ``expires_at`` (then the new secret is sent with update-secret); see
     _credentials.py. `consumer_timeout_guard` warns about deliveries held close to the
-    broker's consumer_timeout (see _ack_guard.py)."""
+    broker's consumer_timeout (see _ack_guard.py).
+
+    `metrics` is a `geamqp.metrics.Collector` to report to (default: the
+    process-wide one, `geamqp.metrics.set_default_collector`, or none)."""
     settings = RecoverySettings(recovery_delay_min, recovery_delay_max, recovery_max_attempts,
                                 recovery_deadline, republish_unconfirmed,
                                 recovery_wait_timeout)
@@ -122,7 +129,7 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
         raise TypeError(f"consumer_timeout_guard must be a ConsumerTimeoutGuard, not "
                         f"{type(consumer_timeout_guard).__name__}")
     return Connection(candidates, name=name, recover=recover, recovery=settings,
-                      credentials_refresh_lead=credentials_refresh_lead,
+                      metrics=metrics, credentials_refresh_lead=credentials_refresh_lead,
                       consumer_timeout_guard=consumer_timeout_guard)
 
 
@@ -131,9 +138,12 @@ class Connection:
 
     def __init__(self, candidates: list[ConnectionParameters], name: str | None = None,
                  recover: bool = True, recovery: RecoverySettings | None = None,
+                 metrics: Collector | None = None,
                  credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD,
                  consumer_timeout_guard: ConsumerTimeoutGuard | None = None) -> None:
         self._candidates = candidates
+        self._telemetry = telemetry_for(metrics, name, candidates[0].virtual_host)
+        self._lost_at = self._blocked_at = 0.0
         self.name = name
         self.recover = recover
         self.params = candidates[0]
@@ -167,6 +177,12 @@ class Connection:
             recover and (candidates[0].recover_channels if recovery is None
                          or recovery.recover_channels is None else recovery.recover_channels))
         self._open()
+        tm = self._telemetry
+        if tm.thread_pending is not None:
+            report = tm.thread_pending
+            self._bridge.report_depth = lambda depth: report(tm.info, depth)
+        if tm.opened is not None:
+            tm.opened(tm.info)
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else ("closed" if self.is_closed else "opening")
@@ -217,6 +233,7 @@ class Connection:
         self._link = link
         self.params = params
         self.server_properties = link.server_properties
+        self._telemetry.info.host, self._telemetry.info.port = params.host, params.port
         return link
 
     def _client_settings(self, params: ConnectionParameters) -> ClientSettings:
@@ -298,7 +315,7 @@ class Connection:
 
     def _open_channel(self, channel_number: int | None, register: bool) -> Channel:
         assert self._link is not None
-        channel = Channel(self._host, self._link)
+        channel = Channel(self._host, self._link, None if register else NO_TELEMETRY)
         channel_control.set_guard(channel, self._guard)
         request = channel_control.start_open(channel, channel_number)
         if register:
@@ -310,6 +327,10 @@ class Connection:
 
     def _on_blocked(self, reason: str) -> None:
         log.warning("broker blocked the connection: %s", reason)
+        if self._unblocked.is_set():
+            self._blocked_at = time.monotonic()
+            if self._telemetry.blocked is not None:
+                self._telemetry.blocked(self._telemetry.info, reason)
         self._unblocked.clear()
         timeout = self.params.blocked_connection_timeout
         if timeout and self._blocked_timer is None:
@@ -326,6 +347,9 @@ class Connection:
     def _clear_blocked(self) -> None:
         """Not blocked any more (unblocked, or the link is gone): release waiting
         publishers and stop the blocked-connection timer."""
+        tm = self._telemetry
+        if not self._unblocked.is_set() and tm.unblocked is not None:
+            tm.unblocked(tm.info, time.monotonic() - self._blocked_at)
         self._unblocked.set()
         timer, self._blocked_timer = self._blocked_timer, None
         if timer is not None and timer is not gevent.getcurrent():
@@ -365,6 +389,9 @@ class Connection:
             return  # lost again while restoring: the supervisor's loop carries on
         for callback in self._lost_callbacks:
             self._dispatcher.submit(callback, self, error)
+        self._lost_at = time.monotonic()
+        if self._telemetry.lost is not None:
+            self._telemetry.lost(self._telemetry.info, error)
         supervisor.start(error)
 
     def _end_private(self, error: AMQPError) -> None:
@@ -397,6 +424,9 @@ class Connection:
         self._closed.set()
         for callback in self._close_callbacks:
             self._dispatcher.submit(callback, self, error)
+        tm = self._telemetry
+        if tm.closed is not None:
+            tm.closed(tm.info, None if isinstance(error, ConnectionClosedByClient) else error)
         self._finish(error)
         link = self._link
         if link is not None:  # last: this may be the link's reader, which it stops
@@ -494,11 +524,12 @@ make_threadsafe(Connection, skip=("add_callback_threadsafe",))
 class _Host:
     """The named interface a Connection offers its channels and its links."""
 
-    __slots__ = ("bridge", "connection")
+    __slots__ = ("bridge", "connection", "telemetry")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.bridge = connection._bridge
+        self.telemetry: Telemetry = connection._telemetry
 
     # for channels (channel.ChannelHost)
 
@@ -616,11 +647,17 @@ class _RecoveryPort:
             private.close()
         for callback in conn._recovered_callbacks:
             conn._dispatcher.submit(callback, conn)
+        tm = conn._telemetry
+        if tm.recovered is not None:
+            tm.recovered(tm.info, time.monotonic() - conn._lost_at)
 
     def gave_up(self, error: AMQPError) -> None:
         conn = self.connection
         for callback in conn._recovery_failed_callbacks:
             conn._dispatcher.submit(callback, conn, error)
+        tm = conn._telemetry
+        if tm.recovery_failed is not None:
+            tm.recovery_failed(tm.info, error)
         conn._supervisor = None
         conn._drop_link()
         conn._final_close(error)

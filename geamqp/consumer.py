@@ -292,7 +292,7 @@ class Confirmation:
     """
 
     __slots__ = ("_error", "_event", "_state", "body", "exchange", "mandatory", "properties",
-                 "returned", "routing_key", "seqno")
+                 "returned", "routing_key", "sent_at", "seqno")
 
     def __init__(self, seqno: int, exchange: str, routing_key: str, body: bytes,
                  properties: BasicProperties | None, mandatory: bool) -> None:
@@ -303,6 +303,7 @@ class Confirmation:
         self.properties = properties
         self.mandatory = mandatory
         self.returned: ReturnedMessage | None = None
+        self.sent_at = 0.0  # monotonic time of the publish, when confirms are timed (metrics)
         self._state = _PENDING
         self._error: AMQPError | None = None
         self._event: Event | None = None

@@ -30,8 +30,9 @@ LAYERS: list[set[str]] = [
      "geamqp.protocol.sasl", "geamqp.protocol.events", "geamqp.protocol.state",
      "geamqp.protocol.channel", "geamqp.protocol.settings", "geamqp.protocol.connection"},
     # the package itself: a facade that imports the client lazily, on first use
-    {"geamqp.parameters", "geamqp.metrics", "geamqp.metrics.prometheus", "geamqp"},
-    {"geamqp._hub"},
+    {"geamqp.parameters", "geamqp.metrics", "geamqp.metrics.prometheus", "geamqp",
+     "geamqp._perf_stats"},
+    {"geamqp._hub", "geamqp._telemetry"},
     {"geamqp._transport"},
     {"geamqp._link"},
     {"geamqp._channel_state", "geamqp._topology", "geamqp._channel_recovery",

@@ -23,7 +23,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 from gevent.event import Event
@@ -58,14 +58,36 @@ Message = tuple[Any, Any, Any]
 _REASON_WAIT = 5.0
 
 
+class DispatchPort(Protocol):
+    """What a BlockingChannel needs from its BlockingConnection (blocking_connection.py)."""
+
+    owner: Any
+
+    def raise_loss_once(self) -> None: ...
+    def loss_observed(self) -> None: ...
+    def request_dispatch(self, channel: BlockingChannel) -> None: ...
+    def in_dispatch(self) -> bool: ...
+
+
+def dispatch_events(channel: BlockingChannel) -> None:
+    """Run the callbacks this channel has recorded (in the dispatching greenlet)."""
+    channel._dispatch_events()
+
+
+def has_pending(channel: BlockingChannel) -> bool:
+    return bool(channel._pending)
+
+
 @hub_bound()
 class BlockingChannel:
     """pika's `BlockingChannel`; create it with `BlockingConnection.channel()`."""
 
-    def __init__(self, impl: Channel, connection: BlockingConnection) -> None:
+    def __init__(self, impl: Channel, connection: BlockingConnection,
+                 port: DispatchPort) -> None:
         self._impl = impl
         self._connection = connection
-        self._owner = connection._owner
+        self._port = port
+        self._owner = port.owner
         self._consumers: dict[str, ConsumerInfo] = {}
         self._pending: deque[Any] = deque()
         self._generator: ConsumerInfo | None = None
@@ -119,7 +141,7 @@ class BlockingChannel:
         channel that geamqp is recovering is not closed: its calls wait for it."""
         if not self._impl.is_closed:
             return
-        self._connection._raise_loss_once()
+        self._port.raise_loss_once()
         reason = self._reason()
         if isinstance(reason, exc.ChannelClosedByBroker) and not self._reported:
             self._reported = True
@@ -142,7 +164,7 @@ class BlockingChannel:
             self._reported = True
             raise
         except exc.AMQPConnectionError:
-            self._connection._loss_reported = True
+            self._port.loss_observed()
             raise
 
     def _rpc(self, fn: Callable[..., Any], *args: Any) -> frame.Method:
@@ -155,7 +177,7 @@ class BlockingChannel:
         self._close_seen.set()
         if isinstance(reason, exc.ChannelClosedByBroker):
             self._cleanup()
-        self._connection._request_dispatch(self)
+        self._port.request_dispatch(self)
 
     def _on_delivery(self, info: ConsumerInfo, _channel: Any, method: Any, properties: Any,
                      body: bytes) -> None:
@@ -167,7 +189,7 @@ class BlockingChannel:
             info.sink.append(event)
         else:
             self._pending.append(event)
-        self._connection._request_dispatch(self)
+        self._port.request_dispatch(self)
 
     def _late_delivery(self, info: ConsumerInfo, method: Any) -> None:
         """A delivery that reached us after its consumer's basic_cancel returned."""
@@ -189,7 +211,7 @@ class BlockingChannel:
             info.sink.append(event)
         else:
             self._pending.append(event)
-        self._connection._request_dispatch(self)
+        self._port.request_dispatch(self)
 
     def _on_returned(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._post_return(method, properties, body)
@@ -198,7 +220,7 @@ class BlockingChannel:
         for callback in self._return_callbacks:
             self._pending.append(ReturnEvent(callback, method, properties, body))
         if self._return_callbacks:
-            self._connection._request_dispatch(self)
+            self._port.request_dispatch(self)
 
     # ------------------------------------------------------------------ dispatch (app side)
 
@@ -315,7 +337,7 @@ class BlockingChannel:
             self._consumers.pop(consumer_tag, None)
             if self._generator is info:
                 self._generator = None
-            self._connection._request_dispatch(self)
+            self._port.request_dispatch(self)
 
     def _remove_pending(self, info: ConsumerInfo) -> list[Delivery]:
         """Take `info`'s deliveries out of what waits for dispatch (its cancel too)."""
@@ -345,7 +367,7 @@ class BlockingChannel:
     def start_consuming(self) -> None:
         """Dispatch deliveries, timers and thread callbacks until every consumer is
         cancelled; returns normally when a callback closed the channel or connection."""
-        if self._connection._in_dispatch():
+        if self._port.in_dispatch():
             raise exc.ReentrancyError(
                 "start_consuming may not be called from the scope of another "
                 "BlockingConnection or BlockingChannel callback")

@@ -68,7 +68,8 @@ class ConnectionParameters(_native.ConnectionParameters):
             retry_delay=retry_delay, socket_timeout=_limit("socket_timeout", socket_timeout),
             stack_timeout=_limit("stack_timeout", stack_timeout), locale=locale,
             blocked_connection_timeout=blocked_connection_timeout,
-            client_properties=client_properties, connection_name=connection_name)
+            client_properties=client_properties, connection_name=connection_name,
+            zero_heartbeat_disables=True)  # pika's rule: heartbeat=0 turns them off
         self.pika_heartbeat = heartbeat
         self.tcp_options = tcp_options
 
@@ -84,6 +85,7 @@ class URLParameters(_native.URLParameters):
             raise TypeError(f"url must be a str, not {type(url).__name__}")
         super().__init__(url)
         self.pika_heartbeat: HeartbeatSetting = self.heartbeat
+        self.zero_heartbeat_disables = True  # pika's rule: heartbeat=0 turns them off
         self.tcp_options: dict[str, Any] | None = None
 
 

@@ -39,7 +39,7 @@ from ... import parameters as _native_params
 from ...connection import Connection, connect
 from .. import exceptions as exc
 from .. import frame, spec
-from .._channel import BlockingChannel
+from .._channel import BlockingChannel, dispatch_events, has_pending
 from .._events import Timer, check_callable, check_str
 from .._threads import OwnerThread, hub_bound
 from ..connection import ConnectionParameters, heartbeat_request
@@ -96,6 +96,7 @@ class BlockingConnection:
         self._note_heartbeat(candidates)
         self._impl: Connection = connect(candidates, name=name, recover=recover, **recovery)
         self._owner = OwnerThread(self._impl.add_callback_threadsafe)
+        self._port = _DispatchPort(self)
         self._ready: deque[Callable[[], Any]] = deque()
         self._channels_pending: dict[int, BlockingChannel] = {}
         self._channels: dict[int, BlockingChannel] = {}
@@ -110,10 +111,10 @@ class BlockingConnection:
     def _note_heartbeat(candidates: list[_native_params.ConnectionParameters]) -> None:
         for params in candidates:
             asked = heartbeat_request(params)
-            if asked == 0 or callable(asked):
-                log.warning("heartbeat=%r: geamqp cannot turn heartbeats off yet; the "
-                            "broker's interval is used (geamqp's reader answers them while "
-                            "callbacks run)", asked)
+            if callable(asked):
+                log.warning("heartbeat=%r: a callable is not supported by geamqp.pika; the "
+                            "broker's interval is used (geamqp's reader answers heartbeats "
+                            "while callbacks run)", asked)
 
     def __repr__(self) -> str:
         return f"<BlockingConnection impl={self._impl!r}>"
@@ -237,9 +238,9 @@ class BlockingConnection:
                 number = next(iter(self._channels_pending))
                 channel = self._channels_pending.pop(number)
                 try:
-                    channel._dispatch_events()
+                    dispatch_events(channel)
                 except BaseException:  # a callback raised: what it left waits for next time
-                    if channel._pending:
+                    if has_pending(channel):
                         self._channels_pending.setdefault(number, channel)
                     raise
         finally:
@@ -333,7 +334,7 @@ class BlockingConnection:
             raise TypeError(f"channel_number must be an int or None, not "
                             f"{type(channel_number).__name__}")
         self._check_open()
-        channel = BlockingChannel(self._impl.channel(channel_number), self)
+        channel = BlockingChannel(self._impl.channel(channel_number), self, self._port)
         self._channels[channel.channel_number] = channel
         return channel
 
@@ -357,3 +358,25 @@ class BlockingConnection:
         check_str(reason, "reason")
         self._check_open()
         self._impl.update_secret(new_secret, reason)
+
+
+class _DispatchPort:
+    """The named interface a BlockingConnection offers its channels (_channel.DispatchPort)."""
+
+    __slots__ = ("_connection", "owner")
+
+    def __init__(self, connection: BlockingConnection) -> None:
+        self._connection = connection
+        self.owner = connection._owner
+
+    def raise_loss_once(self) -> None:
+        self._connection._raise_loss_once()
+
+    def loss_observed(self) -> None:
+        self._connection._loss_reported = True
+
+    def request_dispatch(self, channel: BlockingChannel) -> None:
+        self._connection._request_dispatch(channel)
+
+    def in_dispatch(self) -> bool:
+        return self._connection._in_dispatch()
