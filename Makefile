@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-disruptive bench lint broker venv clean
+.PHONY: demo test test-fast test-disruptive bench lint broker venv clean cluster cluster-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,20 @@ demo: venv broker
 		--multi-ack-every 20 --chaos 2 --republish-unconfirmed
 
 # Everything except the tests that disturb the whole broker, in parallel-safe
-# order; then those, one at a time.
+# order; then those, one at a time; then the failover tests on a local 3-node
+# cluster (started and stopped by their fixture unless `make cluster` runs one).
 test: venv broker
-	$(PY) -m pytest -m "not broker_disruptive" -q
+	$(PY) -m pytest -m "not broker_disruptive and not cluster" -q
 	$(PY) -m pytest -m broker_disruptive -q; rc=$$?; \
 		if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi
+	$(PY) -m pytest -m cluster -q tests/cluster
+
+# A local 3-node RabbitMQ cluster on ports 5673-5675 beside the default broker.
+cluster:
+	@bash scripts/cluster.sh start
+
+cluster-stop:
+	@bash scripts/cluster.sh stop
 
 # Prints each table; benchmarks/RESULTS.md keeps the latest ones with their analysis.
 bench: venv broker
@@ -48,3 +57,9 @@ clean:
 .PHONY: test-compat
 test-compat: venv broker
 	$(PY) -m pytest tests/compat -m "not broker_disruptive" -q
+
+# A real Celery gevent worker on geamqp and on py-amqp, heartbeats 2 s and off
+# (several minutes: py-amqp with heartbeats on takes about 4 minutes alone).
+.PHONY: bench-celery
+bench-celery: venv broker
+	$(PY) benchmarks/celery_gevent.py --transport geamqp,pyamqp --heartbeat 2,0

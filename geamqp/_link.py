@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import gevent
@@ -42,6 +43,10 @@ from .protocol.spec import Method
 __all__ = ["ChannelEndpoint", "Link", "LinkHandler"]
 
 log = logging.getLogger("geamqp.link")
+
+
+def _not_open() -> None:
+    raise AMQPConnectionError("the link is not open yet")
 
 
 class ChannelEndpoint(Protocol):
@@ -78,6 +83,14 @@ class Link:
         self.error: AMQPError | None = None  # why the link ended
         self.server_properties: dict[str, Any] = {}
         self.transport: Transport | None = None
+        # The publish hot path, bound straight to the engine and the transport (no
+        # layer of calls of its own): `publish(channel, exchange, routing_key, body,
+        # properties, mandatory)` queues basic.publish without yielding and returns
+        # the seqno in confirm mode (else 0); `push()` must follow, once whatever
+        # the seqno resolves is registered: back-pressure, then the write
+        # (Transport.write_now does both).
+        self.publish: Callable[..., int] = self.engine.publish
+        self.push: Callable[[], None] = _not_open
 
     def __repr__(self) -> str:
         state = "lost" if self._lost else self.engine.state.value
@@ -100,6 +113,7 @@ class Link:
             self.transport = Transport(sock, self.engine, self._on_events, self._on_lost,
                                         write_timeout=params.socket_timeout)
             self.transport.kick()
+            self.push = self.transport.write_now  # back-pressure included
             self._opened.get()
         except gevent.Timeout as exc:
             self.abort()
@@ -170,22 +184,6 @@ class Link:
         if this hub turn has not written yet (a lone request costs no hub turn)."""
         self.engine.send_method(channel, method)
         self.transport.kick()  # type: ignore[union-attr]
-
-    def publish(self, channel: int, exchange: str, routing_key: str, body: bytes,
-                properties: BasicProperties | None, mandatory: bool) -> int:
-        """Queue basic.publish (never yields); the seqno in confirm mode, else 0.
-        Follow with `push()` once whatever the seqno resolves is registered."""
-        seqno = self.engine.publish(channel, exchange, routing_key, body, properties, mandatory)
-        self.transport.kick()  # type: ignore[union-attr]
-        return seqno
-
-    def push(self) -> None:
-        """After a publish: back-pressure (wait while too many bytes are queued for
-        the writer), then write now when this hub turn has not written yet."""
-        transport = self.transport
-        assert transport is not None
-        transport.throttle()
-        transport.write_now()
 
     def ack(self, channel: int, delivery_tag: int, multiple: bool) -> None:
         self.engine.ack(channel, delivery_tag, multiple)

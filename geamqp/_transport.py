@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket as _stdsocket
 import ssl
 import time
 from collections.abc import Callable
 from typing import Any
+from weakref import WeakSet
 
 import gevent
 from gevent import socket
@@ -41,12 +43,28 @@ __all__ = ["Transport", "open_socket"]
 log = logging.getLogger("geamqp.transport")
 
 RECV_SIZE = 64 * 1024
+
+# Every live transport of this process, for the fork handler below.
+_live: WeakSet[Transport] = WeakSet()
+
+
+def _abandon_after_fork() -> None:
+    """In a forked child: the inherited reader, writer and heartbeat greenlets would go
+    on reading and writing the *parent's* socket (stealing its frames, answering for
+    it). Kill them without a word on the wire and drop the child's copy of the fd;
+    the parent's connection is untouched. Using the connection in the child raises
+    ForkedConnectionError (see _hub.py)."""
+    for transport in list(_live):
+        transport.abandon()
+
+
+os.register_at_fork(after_in_child=_abandon_after_fork)
 _CLOSE_GRACE = 5.0  # seconds to wait for close-ok after a protocol error
 # Bytes of publishes queued for the writer before a publisher waits for it: bounds
 # the memory a fast publisher can pin (bodies plus the one joined copy the send
 # makes) whatever the message size, and is large enough that small messages
 # still leave in big batches (one syscall for thousands).
-HIGH_WATER_BYTES = 4 * 1024 * 1024
+HIGH_WATER_BYTES = 1024 * 1024
 
 
 def open_socket(params: ConnectionParameters, deadline: float | None) -> Any:
@@ -127,6 +145,7 @@ class Transport:
         self._reader = gevent.spawn(self._read_loop)
         self._writer = gevent.spawn(self._write_loop)
         self._heartbeat: gevent.Greenlet | None = None
+        _live.add(self)
 
     # ------------------------------------------------------------------ writing
 
@@ -177,7 +196,13 @@ class Transport:
         """The latency path: the first write of a hub turn is sent from the calling
         greenlet instead of waiting a turn for the writer; later writes of the same
         turn go to the writer, which coalesces them into one send. A lone request
-        or publish thus costs no hub turn, and a burst still costs one syscall."""
+        or publish thus costs no hub turn, and a burst still costs one syscall.
+
+        Back-pressure first: over `HIGH_WATER_BYTES` of queued publishes the caller
+        waits for the writer (`throttle`). This is the publish hot path's one call
+        after queuing (`Link.push`), so the check costs a publish one comparison."""
+        if self._engine.pending_bytes >= HIGH_WATER_BYTES:
+            self.throttle()
         if self._sent_directly or self._sending or self._closing:
             self.kick()
             return
@@ -333,6 +358,17 @@ class Transport:
         self._closing = True
         with contextlib.suppress(OSError):
             self._sock.close()
+
+    def abandon(self) -> None:
+        """After fork(), in the child: stop this transport's greenlets, send nothing."""
+        self._closing = True
+        self._lost = True
+        greenlets = [g for g in (self._reader, self._writer, self._heartbeat) if g is not None]
+        for greenlet in greenlets:
+            greenlet.kill(block=False)
+        with contextlib.suppress(OSError):
+            self._sock.close()  # the child's fd only: the parent's stays open, no FIN
+        _live.discard(self)
 
     def abort(self) -> None:
         """Close the socket now and stop every greenlet (not from one of them)."""

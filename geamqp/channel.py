@@ -1063,6 +1063,8 @@ def finish_restore(channel: Channel) -> None:
                              confirmation.properties, confirmation.mandatory)
         confirmation.seqno = seqno
         channel._confirms[seqno] = confirmation
+    if pending:
+        link.kick()
     channel._restored.set()
     channel._consuming.set()
     for callback in channel._recovered_callbacks:

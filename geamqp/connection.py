@@ -25,6 +25,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,6 +69,7 @@ _CLOSE_TIMEOUT = 5.0
 _NOT_RETRIED = (ProbableAuthenticationError, ProbableAccessDeniedError, IncompatibleProtocolError)
 
 ParamsLike = str | ConnectionParameters
+HostSelector = Callable[[list[ConnectionParameters]], Sequence[ConnectionParameters]]
 
 
 def _as_params(value: ParamsLike) -> ConnectionParameters:
@@ -84,7 +86,8 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
             recovery_max_attempts: int | None = None, recovery_deadline: float | None = None,
             republish_unconfirmed: bool = False,
             recovery_wait_timeout: float = 60.0,
-            metrics: Collector | None = None,
+            metrics: Collector | None = None, shuffle_hosts: bool = True,
+            host_selector: HostSelector | None = None,
             recover_channels: bool | None = None,
             credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD,
             consumer_timeout_guard: ConsumerTimeoutGuard | None = None) -> Connection:
@@ -110,7 +113,14 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
     broker's consumer_timeout (see _ack_guard.py).
 
     `metrics` is a `geamqp.metrics.Collector` to report to (default: the
-    process-wide one, `geamqp.metrics.set_default_collector`, or none)."""
+    process-wide one, `geamqp.metrics.set_default_collector`, or none).
+
+    With a list of hosts, every connection attempt (the first connect and each
+    reconnect) tries them in a fresh random order, so the connections of many
+    processes spread over a cluster's nodes; a reconnect tries the node it just
+    lost last. `shuffle_hosts=False` keeps the given order. `host_selector`, a
+    callable given the candidates and returning the order to try (a subset is
+    fine), chooses instead — e.g. the node holding a queue's leader."""
     settings = RecoverySettings(recovery_delay_min, recovery_delay_max, recovery_max_attempts,
                                 recovery_deadline, republish_unconfirmed,
                                 recovery_wait_timeout)
@@ -129,7 +139,8 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
         raise TypeError(f"consumer_timeout_guard must be a ConsumerTimeoutGuard, not "
                         f"{type(consumer_timeout_guard).__name__}")
     return Connection(candidates, name=name, recover=recover, recovery=settings,
-                      metrics=metrics, credentials_refresh_lead=credentials_refresh_lead,
+                      metrics=metrics, shuffle_hosts=shuffle_hosts, host_selector=host_selector,
+                      credentials_refresh_lead=credentials_refresh_lead,
                       consumer_timeout_guard=consumer_timeout_guard)
 
 
@@ -138,10 +149,13 @@ class Connection:
 
     def __init__(self, candidates: list[ConnectionParameters], name: str | None = None,
                  recover: bool = True, recovery: RecoverySettings | None = None,
-                 metrics: Collector | None = None,
+                 metrics: Collector | None = None, shuffle_hosts: bool = True,
+                 host_selector: HostSelector | None = None,
                  credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD,
                  consumer_timeout_guard: ConsumerTimeoutGuard | None = None) -> None:
         self._candidates = candidates
+        self._shuffle_hosts = shuffle_hosts
+        self._host_selector = host_selector
         self._telemetry = telemetry_for(metrics, name, candidates[0].virtual_host)
         self._lost_at = self._blocked_at = 0.0
         self.name = name
@@ -201,7 +215,7 @@ class Connection:
         attempts = max(p.connection_attempts for p in self._candidates)
         last: AMQPError | None = None
         for attempt in range(attempts):
-            for params in self._candidates:
+            for params in self._attempt_order():
                 if attempt >= params.connection_attempts:
                     continue
                 try:
@@ -218,6 +232,23 @@ class Connection:
         assert last is not None
         self._finish(last)
         raise last
+
+    def _attempt_order(self, lost: ConnectionParameters | None = None,
+                       ) -> list[ConnectionParameters]:
+        """The candidates in the order one connection attempt tries them."""
+        candidates = list(self._candidates)
+        if self._host_selector is not None:
+            chosen = list(self._host_selector(candidates))
+            if not chosen or any(c not in candidates for c in chosen):
+                raise ValueError("host_selector must return some of the candidates it was "
+                                 f"given, not {chosen!r}")
+            return chosen
+        if self._shuffle_hosts:
+            random.shuffle(candidates)
+        if lost is not None and len(candidates) > 1 and lost in candidates:
+            candidates.remove(lost)  # the node just lost is tried last
+            candidates.append(lost)
+        return candidates
 
     def _connect_link(self, params: ConnectionParameters) -> Link:
         """Open a link to `params` and make it the current one; raise why not."""
@@ -599,7 +630,8 @@ class _RecoveryPort:
         return self.connection._topology
 
     def candidates(self) -> list[ConnectionParameters]:
-        return list(self.connection._candidates)
+        """One attempt's order: shuffled (or chosen), the node just lost last."""
+        return self.connection._attempt_order(lost=self.connection.params)
 
     def connect(self, params: ConnectionParameters) -> Link:
         return self.connection._connect_link(params)

@@ -67,6 +67,25 @@ class _Spec:
         self.moving = False
 
 
+class _StartAt:
+    """Host order of a fleet's connection i: its first connect starts at host i mod n,
+    so the fleet spreads over a cluster's nodes evenly; reconnects shuffle."""
+
+    __slots__ = ("first", "index")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.first = True
+
+    def __call__(self, candidates: list[Any]) -> list[Any]:
+        if self.first:
+            self.first = False
+            start = self.index % len(candidates)
+            return candidates[start:] + candidates[:start]
+        random.shuffle(candidates)
+        return candidates
+
+
 class ConsumerFleet:
     """Many consumers, spread evenly over a bounded set of connections and channels."""
 
@@ -113,15 +132,17 @@ class ConsumerFleet:
         closed one replaced, a new one when all are full) and how many it lacks."""
         for index, conn in enumerate(self.connections):
             if conn.is_closed:
-                conn = self.connections[index] = connect(self._parameters,
-                                                         name=f"{self._name}-{index}")
+                conn = self.connections[index] = self._connect(index)
             held = sum(1 for ch in self.channels if ch.connection is conn)
             if held < self.channels_per_connection:
                 return conn, self.channels_per_connection - held
-        index = len(self.connections)
-        conn = connect(self._parameters, name=f"{self._name}-{index}")
+        conn = self._connect(len(self.connections))
         self.connections.append(conn)
         return conn, self.channels_per_connection
+
+    def _connect(self, index: int) -> Connection:
+        return connect(self._parameters, name=f"{self._name}-{index}",
+                       host_selector=_StartAt(index))
 
     def _open_batch(self) -> Channel:
         """Open the rest of the current connection's channels at once (a new

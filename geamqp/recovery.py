@@ -229,9 +229,7 @@ class Supervisor:
                 return
             gevent.sleep(backoff_delay(attempt, s.delay_min, s.delay_max))
             attempt += 1
-            candidates = self.target.candidates()
-            random.shuffle(candidates)
-            for params in candidates:
+            for params in self.target.candidates():  # in this attempt's order
                 self.attempts.append(gevent.get_hub().loop.now())
                 try:
                     self._attempt(params)

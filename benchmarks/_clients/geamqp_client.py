@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from typing import Any
@@ -14,8 +15,30 @@ import geamqp
 from . import POLL_INTERVAL, Meter, percentiles
 
 
+def _collector() -> Any:
+    """GEAMQP_BENCH_METRICS=prometheus | otel: the run reports to that collector
+    (for the overhead table in RESULTS.md); unset: no collector."""
+    kind = os.environ.get("GEAMQP_BENCH_METRICS", "")
+    if kind == "prometheus":
+        from prometheus_client import CollectorRegistry
+
+        from geamqp.metrics.prometheus import PrometheusCollector
+
+        return PrometheusCollector(registry=CollectorRegistry())
+    if kind == "otel":  # tracing with the SDK: spans made and ended, not exported
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from geamqp.otel import GeamqpInstrumentor
+
+        GeamqpInstrumentor().instrument(tracer_provider=TracerProvider(),
+                                        meter_provider=MeterProvider())
+        return None  # the instrumentor installs a process-wide default collector
+    return None
+
+
 def _open(url: str) -> tuple[Any, Any]:
-    conn = geamqp.connect(url, name="bench-geamqp", recover=False)
+    conn = geamqp.connect(url, name="bench-geamqp", recover=False, metrics=_collector())
     return conn, conn.channel()
 
 

@@ -17,6 +17,7 @@ from channel_helpers import Names, drain_queue
 from gevent.event import Event
 
 import geamqp
+import geamqp._transport
 from geamqp.consumer import Confirmation, ReturnedMessage
 from geamqp.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 
@@ -250,6 +251,7 @@ def test_ack_arriving_while_the_publisher_waits_for_the_writer(conn, ch, names, 
         assert acked.wait(5)
 
     monkeypatch.setattr(conn._link.transport, "throttle", slow_writer)
+    monkeypatch.setattr(geamqp._transport, "HIGH_WATER_BYTES", 0)  # every publish waits
     confirmation = ch.basic_publish("", queue, b"parked", wait=False)
     assert seen == [("ack", 1, False)]
     assert confirmation.wait(timeout=5) is True

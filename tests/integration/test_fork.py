@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import gevent.event
 import gevent.os
 from support.broker import BrokerEndpoint
 
@@ -47,4 +48,38 @@ def test_forked_child_gets_a_clear_error_and_opens_its_own(broker: BrokerEndpoin
         assert ch.basic_get(queue, auto_ack=True) == (None, None, None)
     finally:
         ch.queue_delete(queue)
+        conn.close()
+
+
+def test_a_forked_child_leaves_the_parents_connection_alone(broker: BrokerEndpoint) -> None:
+    """The child's hub must not run the inherited reader, writer and heartbeat on the
+    parent's socket: it would take the parent's frames (deliveries vanish) or answer
+    for it. The parent gets every message and keeps its connection."""
+    conn = geamqp.connect(broker.url(), recover=False)
+    try:
+        ch = conn.channel()
+        queue = ch.queue_declare("", exclusive=True).queue
+        got: list[bytes] = []
+        all_in = gevent.event.Event()
+
+        def on_message(channel: object, method: object, properties: object,
+                       body: bytes) -> None:
+            got.append(body)
+            if len(got) == 100:
+                all_in.set()
+
+        ch.basic_consume(queue, on_message, auto_ack=True)
+        pid = gevent.os.fork()
+        if pid == 0:  # the child runs its hub for a while, touching nothing
+            gevent.sleep(2)
+            os._exit(0)
+        publisher = conn.channel()
+        for i in range(100):
+            publisher.basic_publish("", queue, b"%d" % i)
+            gevent.sleep(0.01)  # the child's hub runs meanwhile
+        assert all_in.wait(10), f"the parent got {len(got)} of 100"
+        _, status = gevent.os.waitpid(pid, 0)
+        assert status == 0
+        assert conn.is_open and ch.queue_declare(queue, passive=True).message_count == 0
+    finally:
         conn.close()
