@@ -81,6 +81,8 @@ def test_connect_by_connection_parameters(broker):
 
 
 def test_list_tries_candidates_in_order_until_one_answers(broker):
+    """With shuffle_hosts=False the given order is kept (the default shuffles it per
+    attempt, tests/integration/test_connect.py::test_first_connects_shuffle_the_list)."""
     holder, refused = _refused_port()
     with (holder, FaultProxy(upstream=broker.address) as resetting,
           FaultProxy(upstream=broker.address) as good,
@@ -92,7 +94,7 @@ def test_list_tries_candidates_in_order_until_one_answers(broker):
             good.url(),
             never.url(),
         ]
-        with geamqp.connect(candidates, recover=False) as conn:
+        with geamqp.connect(candidates, recover=False, shuffle_hosts=False) as conn:
             _roundtrip(conn)
             assert conn.params.port == good.port
         assert resetting.connections_accepted == 1  # tried, after the refused port
@@ -105,7 +107,8 @@ def test_list_fails_over_past_a_listener_that_closes_without_a_word(broker):
     byte: that is not a protocol mismatch, and the next host must be tried."""
     with tiny_server(closes_without_a_word) as balancer:
         conn = geamqp.connect(
-            [f"amqp://guest:guest@127.0.0.1:{balancer.port}/", broker.url()], recover=False)
+            [f"amqp://guest:guest@127.0.0.1:{balancer.port}/", broker.url()], recover=False,
+            shuffle_hosts=False)
         with conn:
             _roundtrip(conn)
             assert conn.params.port == broker.port
@@ -387,3 +390,18 @@ def test_amqps_url_with_cacertfile(tls_front, tmp_path):
 def test_amqps_url_without_the_ca_fails(tls_front):
     with pytest.raises(AMQPConnectionError, match="certificate verify failed"):
         geamqp.connect(tls_front.url(), recover=False)
+
+
+def test_first_connects_shuffle_the_list(broker):
+    """By default every connect tries the hosts in a fresh random order, so a process's
+    connections spread over a cluster: over 30 connects each of two equally good
+    hosts is chosen first at least twice (probability of failing < 1e-6)."""
+    with (FaultProxy(upstream=broker.address) as one,
+          FaultProxy(upstream=broker.address) as two):
+        conns = [geamqp.connect([one.url(), two.url()], recover=False) for _ in range(30)]
+        try:
+            ports = [conn.params.port for conn in conns]
+        finally:
+            for conn in conns:
+                conn.close()
+    assert ports.count(one.port) >= 2 and ports.count(two.port) >= 2
