@@ -11,6 +11,7 @@ from .protocol.properties import BasicProperties
 from .protocol.sasl import ExternalCredentials, PlainCredentials
 
 if TYPE_CHECKING:
+    from ._ack_guard import ConsumerTimeoutGuard
     from ._hub import ForkedConnectionError
     from .channel import Channel
     from .connection import Connection, connect
@@ -32,6 +33,7 @@ _LAZY = {
     "ReturnedMessage": ".consumer",
     "Publisher": ".publisher",
     "ConsumerFleet": ".fleet",
+    "ConsumerTimeoutGuard": "._ack_guard",
     "ForkedConnectionError": "._hub",
     "PublisherClosed": ".publisher",
 }
@@ -53,6 +55,7 @@ __all__ = [
     "Connection",
     "ConnectionParameters",
     "ConsumerFleet",
+    "ConsumerTimeoutGuard",
     "ExternalCredentials",
     "ForkedConnectionError",
     "PlainCredentials",

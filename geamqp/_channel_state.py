@@ -9,6 +9,8 @@ client's recovering channel:
     SUSPENDED -recovery reopens it-> RESTORING -restore done-> OPEN
     SUSPENDED -close()-> CLOSED             (recovery skips it)
     RESTORING -close()-> CLOSING            (closed on the new link)
+    OPEN/RESTORING -broker close that channel recovery retries-> SUSPENDED
+                                            (then RESTORING on the same link)
     any but CLOSED -broker close / connection gone / restore failed-> CLOSED
 
 Rules:
@@ -44,6 +46,7 @@ class ChannelEvent(enum.Enum):
     LINK_LOST = "the connection was lost and will be recovered"
     RESTORE = "recovery sent channel.open on the new link"
     RESTORED = "recovery finished restoring it"
+    RETRIABLE_CLOSE = "a broker close that channel recovery cures (see _channel_recovery.py)"
 
 
 S = ChannelState
@@ -66,6 +69,9 @@ TRANSITIONS: Final[dict[tuple[ChannelState, ChannelEvent], ChannelState]] = {
     (S.RESTORING, E.RESTORED): S.OPEN,
     (S.RESTORING, E.ENDED): S.CLOSED,  # broker close during the restore, or restore failed
     (S.RESTORING, E.LINK_LOST): S.SUSPENDED,  # lost again: the next attempt restores it
+    # Channel recovery (recover_channels): reopened on the same link, same number.
+    (S.OPEN, E.RETRIABLE_CLOSE): S.SUSPENDED,
+    (S.RESTORING, E.RETRIABLE_CLOSE): S.SUSPENDED,  # e.g. 405 again: retried after a back-off
 }
 
 
@@ -98,7 +104,8 @@ CALLS_BY_STATE: Final[dict[ChannelState, dict[str, str]]] = {
         "deliveries": "none arrive",
     },
     S.SUSPENDED: {
-        "requests": "wait for the recovery (recovery_wait_timeout), then as in the new state",
+        "requests": "wait for the recovery (a connection's: recovery_wait_timeout; a channel "
+                    "recovery's: until it ends), then as in the new state",
         "basic_publish": "wait for the recovery, then as in the new state",
         "basic_ack/nack/reject": "a tag of the lost connection is dropped at once "
                                  "(the broker redelivers that message)",

@@ -35,6 +35,8 @@ import gevent
 from gevent.event import AsyncResult, Event
 from gevent.queue import Empty, Queue
 
+from . import _reconsume
+from ._ack_guard import ConsumerTimeoutGuard, HeldDeliveries
 from ._channel_state import ChannelEvent, ChannelState, next_state
 from ._hub import HubBridge, make_threadsafe
 from ._telemetry import Telemetry
@@ -98,6 +100,8 @@ class ChannelHost(Protocol):
     def consumer_gone(self, queue: str) -> None: ...
     def run_callback(self, fn: Callable[..., Any], *args: Any) -> None: ...
     def channel_ended(self, channel: Channel) -> None: ...
+    def channel_closed(self, channel: Channel, error: ChannelClosedByBroker,
+                       refused: Method | None) -> bool: ...
 
 
 class _Request:
@@ -142,6 +146,11 @@ class Channel:
         self._last_tag = 0
         self._republish: list[Confirmation] = []
         self._closer: gevent.Greenlet | None = None  # the greenlet inside close()
+        self._restored = Event()  # cleared while a channel recovery of its own runs
+        self._restored.set()
+        self._recovered_callbacks: list[Callable[..., Any]] = []
+        self._reconsuming: set[str] = set()  # tags waiting to re-consume after a broker cancel
+        self._held: HeldDeliveries | None = None  # the consumer-timeout guard's (_ack_guard.py)
         tm = self._tm = telemetry or host.telemetry
         # One flag per hot path: without a collector each costs a single test.
         self._observe_publish = (tm.published is not None or tm.before_publish is not None
@@ -200,6 +209,8 @@ class Channel:
             return
         if self._state is SUSPENDED or self._state is RESTORING:
             self._host.wait_recovered()
+            if self._state is not OPEN:
+                self._restored.wait()  # a channel recovery (bounded: it ends the channel)
             if self._state is OPEN:
                 return
         raise self._wrong_state()
@@ -212,6 +223,12 @@ class Channel:
     def add_on_close_callback(self, callback: Callable[[Channel, AMQPError], Any]) -> None:
         """`callback(channel, exception)` when the channel closes, for any reason."""
         self._close_callbacks.append(callback)
+
+    def add_on_channel_recovered_callback(self, callback: Callable[[Channel], Any]) -> None:
+        """`callback(channel)` each time the channel is reopened and restored (qos,
+        modes, consumers) after a connection recovery or a channel recovery
+        (``recover_channels``); it runs in the connection's dispatcher."""
+        self._recovered_callbacks.append(callback)
 
     def add_on_return_callback(self, callback: Callable[..., Any]) -> None:
         """`callback(channel, method, properties, body)` for each basic.return not
@@ -296,6 +313,8 @@ class Channel:
                 method.delivery_tag += self._tag_offset  # type: ignore[attr-defined]
             self._last_tag = method.delivery_tag  # type: ignore[attr-defined]
             consumer = self._consumers.get(method.consumer_tag)  # type: ignore[attr-defined]
+            if self._held is not None and consumer is not None and not consumer.auto_ack:
+                self._held.delivered(method.delivery_tag, consumer.tag)  # type: ignore[attr-defined]
             if consumer is None or consumer.orphaned:
                 self._unclaimed(consumer, method)  # type: ignore[arg-type]
             elif consumer.sink is not None:
@@ -323,6 +342,9 @@ class Channel:
         error: AMQPError
         if by_peer:
             error = ChannelClosedByBroker(reply_code, reply_text)
+            refused = self._requests[0].method if self._requests else None
+            if self._host.channel_closed(self, error, refused):
+                return  # suspended: channel recovery reopens it
         else:
             error = self._error or ChannelClosedByClient(reply_code, reply_text)
         self._end(error)
@@ -374,10 +396,28 @@ class Channel:
     def _on_broker_cancel(self, method: Basic.Cancel) -> None:
         log.info("channel %s: broker cancelled consumer %r", self.channel_number,
                  method.consumer_tag)
+        consumer = self._consumers.get(method.consumer_tag)
+        if consumer is not None:
+            self._after_broker_cancel(consumer)
         self._remove_consumer(method.consumer_tag, ConsumerCancelled(
             f"consumer {method.consumer_tag!r} was cancelled by the broker"), by_broker=True)
         for callback in self._cancel_callbacks:
             self._dispatcher.submit(callback, method)
+
+    def _after_broker_cancel(self, consumer: Consumer) -> None:
+        """Re-consume when the consumer opted in (see _reconsume.py), else tell its
+        on_cancel that it is gone."""
+        tag = consumer.tag
+        if consumer.reconsume and self._state is OPEN:
+            self._reconsuming.add(tag)
+
+            def done() -> None:
+                self._reconsuming.discard(tag)
+                self._consuming.set()
+
+            _reconsume.start(self, consumer, lambda: tag in self._reconsuming, done)
+        elif consumer.on_cancel is not None:
+            self._dispatcher.submit(consumer.on_cancel, self, tag)
 
     def _remove_consumer(self, tag: str, reason: BaseException | type[StopIteration],
                          by_broker: bool = False) -> None:
@@ -421,6 +461,9 @@ class Channel:
             consumer.stop()
         self._consuming.set()
         self._closed_event.set()
+        self._restored.set()
+        if self._held is not None:
+            self._held.clear()
         self._link.detach(self.channel_number, self)
         self._host.channel_ended(self)
         log.log(logging.INFO if isinstance(error, ChannelClosedByBroker) else logging.DEBUG,
@@ -681,6 +724,8 @@ class Channel:
         return -1
 
     def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
+        if self._held is not None:
+            self._held.settled(delivery_tag, multiple)
         if self._state is not OPEN or self._tag_offset:
             delivery_tag = self._wire_tag(delivery_tag, multiple)
             if delivery_tag < 0:
@@ -691,6 +736,8 @@ class Channel:
 
     def basic_nack(self, delivery_tag: int = 0, multiple: bool = False,
                    requeue: bool = True) -> None:
+        if self._held is not None:
+            self._held.settled(delivery_tag, multiple)
         tag = self._wire_tag(delivery_tag, multiple)
         if tag >= 0:
             self._link.send(self.channel_number, Basic.Nack(tag, multiple, requeue))
@@ -699,6 +746,8 @@ class Channel:
                                          requeue)
 
     def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
+        if self._held is not None:
+            self._held.settled(delivery_tag, False)
         tag = self._wire_tag(delivery_tag, False)
         if tag >= 0:
             self._link.send(self.channel_number, Basic.Reject(tag, requeue))
@@ -716,9 +765,17 @@ class Channel:
     def basic_consume(self, queue: str, on_message_callback: OnMessage, auto_ack: bool = False,
                       exclusive: bool = False, consumer_tag: str | None = None,
                       arguments: dict[str, Any] | None = None, *, executor: Any = None,
-                      concurrency: int = 1) -> str:
+                      concurrency: int = 1, on_cancel: Callable[[Channel, str], Any] | None = None,
+                      reconsume_on_cancel: bool = False) -> str:
         """Start a consumer; deliveries reach `on_message_callback(channel, method,
-        properties, body)` from the moment this returns. Returns the consumer tag."""
+        properties, body)` from the moment this returns. Returns the consumer tag.
+
+        `on_cancel(channel, consumer_tag)` runs when the broker ends the consumer (its
+        queue deleted, a failover with x-cancel-on-ha-failover, a recovery that could
+        not restore it). With `reconsume_on_cancel` the consumer is re-created once the
+        queue exists again (bounded, see _reconsume.py); on_cancel then runs only if
+        that fails. A stream consumer (x-stream-offset) resumes after the last offset
+        delivered to the callback whenever it is restored."""
         _require_str("queue", queue)
         if consumer_tag is not None:
             _require_str("consumer_tag", consumer_tag)
@@ -731,7 +788,8 @@ class Channel:
             on_message_callback = tm.wrap_consumer(tm.info, self.channel_number, queue,
                                                    on_message_callback)
         consumer = Consumer(self, tag, queue, on_message_callback, auto_ack, exclusive,
-                            arguments, executor, concurrency, live=self._accepting)
+                            arguments, executor, concurrency, live=self._accepting,
+                            on_cancel=on_cancel, reconsume=reconsume_on_cancel)
         self._start_consumer(consumer)
         return tag
 
@@ -771,6 +829,7 @@ class Channel:
 
     def basic_cancel(self, consumer_tag: str) -> None:
         """Cancel a consumer; deliveries already received are still dispatched."""
+        self._reconsuming.discard(consumer_tag)
         if consumer_tag not in self._consumers:
             return
         try:
@@ -793,7 +852,7 @@ class Channel:
             if self._state is CLOSED:
                 assert self._error is not None
                 raise self._error
-            if self._stop_requested or not self._consumers:
+            if self._stop_requested or not (self._consumers or self._reconsuming):
                 return
             self._consuming.wait()
 
@@ -829,6 +888,10 @@ class Channel:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                if item[1].headers and not consumer.note_offset(item[1]):
+                    if not auto_ack:  # a resumed stream's replay: already yielded
+                        self.basic_ack(item[0].delivery_tag)
+                    continue
                 yield item
         finally:
             if tag in self._consumers and self._state is OPEN:
@@ -863,6 +926,11 @@ def start_open(channel: Channel, number: int | None) -> _Request:
     return request
 
 
+def set_guard(channel: Channel, guard: ConsumerTimeoutGuard | None) -> None:
+    """Watch the channel's manual-ack deliveries with the consumer-timeout guard."""
+    channel._held = None if guard is None else HeldDeliveries(guard, channel)
+
+
 def await_open(channel: Channel, request: _Request) -> None:
     """Block until open-ok. Interrupted (Timeout, kill), the half-made channel is
     closed in the background and the interruption propagates."""
@@ -881,6 +949,24 @@ def suspend(channel: Channel, error: AMQPError, republish: bool) -> None:
         return
     if not channel._transition(ChannelEvent.LINK_LOST):
         return
+    _release_suspended(channel, error, republish)
+
+
+def suspend_closed(channel: Channel, error: AMQPError, republish: bool) -> bool:
+    """A broker close that channel recovery retries: OPEN/RESTORING -> SUSPENDED,
+    released as after a lost link; False (nothing changed) in any other state."""
+    if not channel._transition(ChannelEvent.RETRIABLE_CLOSE):
+        return False
+    channel._restored.clear()
+    log.warning("channel %s closed by the broker (%s): recovering it", channel.channel_number,
+                error)
+    _release_suspended(channel, error, republish)
+    return True
+
+
+def _release_suspended(channel: Channel, error: AMQPError, republish: bool) -> None:
+    if channel._held is not None:
+        channel._held.clear()  # the broker requeued them
     channel._release_requests(error)
     confirms, channel._confirms = channel._confirms, {}
     for confirmation in confirms.values():
@@ -888,7 +974,7 @@ def suspend(channel: Channel, error: AMQPError, republish: bool) -> None:
             channel._republish.append(confirmation)
         else:
             confirmation.set_failed(PublishOutcomeUnknown(
-                f"connection lost before the broker confirmed publish #"
+                f"connection or channel lost before the broker confirmed publish #"
                 f"{confirmation.seqno}: it may or may not have been routed ({error})"))
     channel._tag_offset = max(channel._tag_offset, channel._last_tag)
     # Manual-ack deliveries not yet handed to a callback would only be acked on a
@@ -957,7 +1043,10 @@ def drop_consumer(channel: Channel, tag: str, reason: str) -> None:
     """A consumer that cannot be restored: ended as a broker cancel would end it."""
     if tag not in channel._consumers:
         return
+    consumer = channel._consumers[tag]
     channel._remove_consumer(tag, ConsumerCancelled(reason))
+    if consumer.on_cancel is not None:
+        channel._dispatcher.submit(consumer.on_cancel, channel, tag)
     for callback in channel._cancel_callbacks:
         channel._dispatcher.submit(callback, Basic.Cancel(tag, True))
 
@@ -982,7 +1071,10 @@ def finish_restore(channel: Channel) -> None:
         channel._confirms[seqno] = confirmation
     if pending:
         link.kick()
+    channel._restored.set()
     channel._consuming.set()
+    for callback in channel._recovered_callbacks:
+        channel._host.run_callback(callback, channel)
 
 
 def fail_restore(channel: Channel, error: AMQPError) -> None:

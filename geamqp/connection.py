@@ -34,6 +34,9 @@ import gevent
 from gevent.event import Event
 
 from . import channel as channel_control
+from ._ack_guard import ConsumerTimeoutGuard
+from ._channel_recovery import retriable
+from ._credentials import DEFAULT_REFRESH_LEAD, CredentialsSource, is_provider
 from ._hub import HubBridge, make_threadsafe
 from ._link import Link
 from ._telemetry import NO_TELEMETRY, Telemetry, telemetry_for
@@ -43,6 +46,7 @@ from .consumer import Dispatcher
 from .exceptions import (
     AMQPConnectionError,
     AMQPError,
+    ChannelClosedByBroker,
     ConnectionBlockedTimeout,
     ConnectionClosedByClient,
     ConnectionWrongStateError,
@@ -83,7 +87,10 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
             republish_unconfirmed: bool = False,
             recovery_wait_timeout: float = 60.0,
             metrics: Collector | None = None, shuffle_hosts: bool = True,
-            host_selector: HostSelector | None = None) -> Connection:
+            host_selector: HostSelector | None = None,
+            recover_channels: bool | None = None,
+            credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD,
+            consumer_timeout_guard: ConsumerTimeoutGuard | None = None) -> Connection:
     """Open a connection: to a URL, a `ConnectionParameters`, or the first of a list that
     answers. `name` is shown in the management UI (connection_name).
 
@@ -93,6 +100,17 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
     `recovery_max_attempts` attempts or `recovery_deadline` seconds (None: never);
     requests made meanwhile wait up to `recovery_wait_timeout` seconds. Unconfirmed
     publishes fail with `PublishOutcomeUnknown` unless `republish_unconfirmed`.
+
+    `recover_channels` (default: the parameters', True) also reopens a channel the
+    broker closed with a code a retry cures (406 delivery-ack timeout; 404/405
+    answering basic.consume), with its modes and consumers; see
+    _channel_recovery.py for the choice. It needs ``recover=True``.
+
+    Credentials may be a zero-argument callable returning `PlainCredentials`: it is
+    called for each connection attempt and `credentials_refresh_lead` seconds before
+    their ``expires_at`` (then the new secret is sent with update-secret); see
+    _credentials.py. `consumer_timeout_guard` warns about deliveries held close to the
+    broker's consumer_timeout (see _ack_guard.py).
 
     `metrics` is a `geamqp.metrics.Collector` to report to (default: the
     process-wide one, `geamqp.metrics.set_default_collector`, or none).
@@ -114,8 +132,16 @@ def connect(parameters: ParamsLike | Sequence[ParamsLike] | None = None, *,
         candidates = [_as_params(p) for p in parameters]
         if not candidates:
             raise ValueError("connect() needs at least one URL or ConnectionParameters")
+    if recover_channels is not None:
+        settings.recover_channels = bool(recover_channels)
+    if consumer_timeout_guard is not None and not isinstance(consumer_timeout_guard,
+                                                             ConsumerTimeoutGuard):
+        raise TypeError(f"consumer_timeout_guard must be a ConsumerTimeoutGuard, not "
+                        f"{type(consumer_timeout_guard).__name__}")
     return Connection(candidates, name=name, recover=recover, recovery=settings,
-                      metrics=metrics, shuffle_hosts=shuffle_hosts, host_selector=host_selector)
+                      metrics=metrics, shuffle_hosts=shuffle_hosts, host_selector=host_selector,
+                      credentials_refresh_lead=credentials_refresh_lead,
+                      consumer_timeout_guard=consumer_timeout_guard)
 
 
 class Connection:
@@ -124,7 +150,9 @@ class Connection:
     def __init__(self, candidates: list[ConnectionParameters], name: str | None = None,
                  recover: bool = True, recovery: RecoverySettings | None = None,
                  metrics: Collector | None = None, shuffle_hosts: bool = True,
-                 host_selector: HostSelector | None = None) -> None:
+                 host_selector: HostSelector | None = None,
+                 credentials_refresh_lead: float = DEFAULT_REFRESH_LEAD,
+                 consumer_timeout_guard: ConsumerTimeoutGuard | None = None) -> None:
         self._candidates = candidates
         self._shuffle_hosts = shuffle_hosts
         self._host_selector = host_selector
@@ -145,6 +173,8 @@ class Connection:
         self._closed = Event()
         self._error: AMQPError | None = None
         self._secret: str | None = None  # the newest update_secret(), for later links
+        self._credentials = CredentialsSource(self._refresh_secret, credentials_refresh_lead)
+        self._guard = consumer_timeout_guard
         self.server_properties: dict[str, Any] = {}
         self._bridge = HubBridge(self)
         self._topology = Topology()
@@ -157,6 +187,9 @@ class Connection:
         self._recovered_callbacks: list[Callable[..., Any]] = []
         self._recovery_failed_callbacks: list[Callable[..., Any]] = []
         self._renamed_callbacks: list[Callable[..., Any]] = []
+        self._recover_channels = bool(
+            recover and (candidates[0].recover_channels if recovery is None
+                         or recovery.recover_channels is None else recovery.recover_channels))
         self._open()
         tm = self._telemetry
         if tm.thread_pending is not None:
@@ -235,8 +268,9 @@ class Connection:
         return link
 
     def _client_settings(self, params: ConnectionParameters) -> ClientSettings:
-        credentials = params.credentials
-        if self._secret is not None and isinstance(credentials, PlainCredentials):
+        credentials = self._credentials.resolve(params.credentials)
+        if (self._secret is not None and isinstance(credentials, PlainCredentials)
+                and not is_provider(params.credentials)):
             credentials = PlainCredentials(credentials.username, self._secret)
         return ClientSettings(
             credentials=credentials, virtual_host=params.virtual_host,
@@ -313,6 +347,7 @@ class Connection:
     def _open_channel(self, channel_number: int | None, register: bool) -> Channel:
         assert self._link is not None
         channel = Channel(self._host, self._link, None if register else NO_TELEMETRY)
+        channel_control.set_guard(channel, self._guard)
         request = channel_control.start_open(channel, channel_number)
         if register:
             self._channels[channel.channel_number] = channel
@@ -429,6 +464,7 @@ class Connection:
             link.shut_down()
 
     def _finish(self, error: AMQPError) -> None:
+        self._credentials.stop()
         self._error = error
         self._closed.set()
         self._dispatcher.stop(drain=True)
@@ -483,7 +519,16 @@ class Connection:
         link = self._link
         if not self.is_open or link is None:
             raise self._wrong_state()
-        self._secret = new_secret
+        with self._credentials.lock:  # one update (or provider call) at a time
+            self._secret = new_secret
+            link.update_secret(new_secret.encode("utf-8"), reason).get()
+
+    def _refresh_secret(self, new_secret: str, reason: str) -> None:
+        """The credentials provider's refresh: update-secret now, never waiting for a
+        recovery (which asks the provider itself)."""
+        link = self._link
+        if not self.is_open or link is None or self.is_recovering:
+            raise self._wrong_state()
         link.update_secret(new_secret.encode("utf-8"), reason).get()
 
     def add_callback_threadsafe(self, callback: Callable[[], Any]) -> None:
@@ -541,6 +586,22 @@ class _Host:
         if channels.get(channel.channel_number) is channel:
             del channels[channel.channel_number]
 
+    def channel_closed(self, channel: Channel, error: ChannelClosedByBroker,
+                       refused: Method | None) -> bool:
+        """The broker closed `channel`: True when channel recovery takes it over."""
+        conn = self.connection
+        supervisor = conn._supervisor
+        if (supervisor is None or supervisor.recovering or conn._app_closing
+                or not conn._recover_channels
+                or conn._channels.get(channel.channel_number) is not channel
+                or not retriable(error.reply_code, error.reply_text, refused)):
+            return False
+        if not channel_control.suspend_closed(channel, error,
+                                              supervisor.settings.republish_unconfirmed):
+            return False
+        supervisor.restore_channel(channel)
+        return True
+
     # for links (_link.LinkHandler): reports of a link that is not current are stale
 
     def link_lost(self, link: Link, error: AMQPError) -> None:
@@ -574,6 +635,21 @@ class _RecoveryPort:
 
     def connect(self, params: ConnectionParameters) -> Link:
         return self.connection._connect_link(params)
+
+    def current_link(self) -> Link | None:
+        """The link, when open (channel recovery reopens a channel on it)."""
+        link = self.connection._link
+        return link if link is not None and link.is_open else None
+
+    def release_private(self) -> None:
+        """After a channel recovery: close the private channel it may have opened
+        (unless a connection recovery, which owns it then, runs)."""
+        conn = self.connection
+        if conn._supervisor is not None and conn._supervisor.recovering:
+            return
+        private, conn._private = conn._private, None
+        if private is not None and private.is_open:
+            private.close()
 
     def drop_link(self) -> None:
         """After a failed attempt: a link still open is cut; a lost one is already

@@ -295,12 +295,14 @@ class Consumer:
     """One basic.consume: its tag, callback and how the callback is run."""
 
     __slots__ = ("arguments", "auto_ack", "callback", "channel", "concurrency", "exclusive",
-                 "executor", "live", "orphaned", "pool", "queue", "sink", "tag")
+                 "executor", "live", "offset", "on_cancel", "orphaned", "pool", "queue",
+                 "reconsume", "sink", "tag")
 
     def __init__(self, channel: Channel, tag: str, queue: str, callback: OnMessage | None,
                  auto_ack: bool, exclusive: bool, arguments: dict[str, Any] | None,
                  executor: Any = None, concurrency: int = 1, sink: Any = None,
-                 live: Callable[[], bool] = lambda: True) -> None:
+                 live: Callable[[], bool] = lambda: True,
+                 on_cancel: Callable[..., Any] | None = None, reconsume: bool = False) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.channel = channel
@@ -316,11 +318,44 @@ class Consumer:
         self.sink = sink  # a consume() generator's queue: deliveries go there, not to a callback
         self.live = live  # False while the channel must not run callbacks (closing, closed)
         self.orphaned = False  # its basic_consume() caller gave up: cancelled in the background
+        self.on_cancel = on_cancel  # on_cancel(channel, consumer_tag): the consumer is gone
+        self.reconsume = reconsume  # re-consume after a broker cancel (see _reconsume.py)
+        # A stream consumer: the x-stream-offset of the last delivery handed to the
+        # application; a restore resumes right after it (nothing replayed, nothing skipped).
+        self.offset: int | None = None
+        start = (arguments or {}).get("x-stream-offset")
+        if isinstance(start, int) and not isinstance(start, bool) and start > 0:
+            self.offset = start - 1  # the broker starts at the chunk holding it: skip the rest
 
     def consume_method(self) -> Basic.Consume:
-        """The basic.consume that (re)creates this consumer on the broker."""
+        """The basic.consume that (re)creates this consumer on the broker; a stream
+        consumer resumes after the last offset it handed to the application."""
+        arguments = self.arguments
+        if self.offset is not None:
+            arguments = {**(arguments or {}), "x-stream-offset": self.offset + 1}
         return Basic.Consume(0, self.queue, self.tag, False, self.auto_ack, self.exclusive,
-                             False, self.arguments)
+                             False, arguments)
+
+    def note_offset(self, properties: BasicProperties) -> bool:
+        """Remember a stream delivery's offset as handed to the application; False
+        for one at or below the last offset handed over (a resumed stream replays
+        the start of the chunk holding its offset): that one is not handed over."""
+        headers = properties.headers
+        if headers:
+            offset = headers.get("x-stream-offset")
+            if isinstance(offset, int) and not isinstance(offset, bool):
+                if self.offset is not None and offset <= self.offset:
+                    return False
+                self.offset = offset
+        return True
+
+    def _replayed(self, method: Basic.Deliver, properties: BasicProperties) -> bool:
+        """A stream delivery already handed to the application: settled here."""
+        if self.note_offset(properties):
+            return False
+        if not self.auto_ack:
+            self.channel.basic_ack(method.delivery_tag)  # credit for the stream consumer
+        return True
 
     def run(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
         """Called in the dispatcher greenlet for each delivery."""
@@ -329,6 +364,8 @@ class Consumer:
             # acked, and an ack from here could not be sent anyway.
             return
         if self.executor is not None:
+            if properties.headers and self._replayed(method, properties):
+                return
             # concurrent.futures executors have submit(); gevent's ThreadPool has spawn().
             submit = getattr(self.executor, "submit", None) or self.executor.spawn
             submit(self._call_logged, method, properties, body)
@@ -338,8 +375,12 @@ class Consumer:
             # created while waiting would outlive the close).
             self.pool.wait_available()
             if self.live():
+                if properties.headers and self._replayed(method, properties):
+                    return
                 self.pool.spawn(self._call_logged, method, properties, body)
         else:
+            if properties.headers and self._replayed(method, properties):
+                return
             self.callback(self.channel, method, properties, body)  # type: ignore[misc]
 
     def _call_logged(self, method: Basic.Deliver, properties: BasicProperties,

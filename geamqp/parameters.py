@@ -63,7 +63,7 @@ class ConnectionParameters:
         host: str = "localhost",
         port: int | None = None,
         virtual_host: str = "/",
-        credentials: Credentials | None = None,
+        credentials: Credentials | Callable[[], PlainCredentials] | None = None,
         channel_max: int = 2047,
         frame_max: int = 131072,
         heartbeat: int | None = None,
@@ -78,6 +78,7 @@ class ConnectionParameters:
         connection_name: str | None = None,
         max_message_size: int = 128 * 1024 * 1024,
         zero_heartbeat_disables: bool = False,
+        recover_channels: bool = True,
     ) -> None:
         self.host = host
         self.port = port if port is not None else (DEFAULT_SSL_PORT if ssl_options
@@ -85,6 +86,8 @@ class ConnectionParameters:
         if not 0 < int(self.port) < 65536:
             raise ValueError(f"port must be 1..65535, not {port!r}")
         self.virtual_host = virtual_host
+        # a zero-argument callable returning PlainCredentials is asked per connection
+        # attempt and ahead of expires_at (see _credentials.py)
         self.credentials = credentials if credentials is not None else PlainCredentials(
             "guest", "guest")
         self.channel_max = channel_max
@@ -113,6 +116,8 @@ class ConnectionParameters:
         self.max_message_size = max_message_size
         # heartbeat=0 means "off" (pika) rather than "take the server's" (RabbitMQ)
         self.zero_heartbeat_disables = zero_heartbeat_disables
+        # reopen a channel closed by a retriable broker close (see _channel_recovery.py)
+        self.recover_channels = bool(recover_channels)
 
     def __repr__(self) -> str:
         user = getattr(self.credentials, "username", None)

@@ -25,7 +25,11 @@ supervisor greenlet:
    it) instead of killing the new channel with 406.
 
 It never recovers after the application's own ``close()``, a failed first
-connect, an authentication or vhost refusal, or a channel-level error.
+connect, an authentication or vhost refusal, or a channel-level error — except
+the few broker channel closes that channel recovery (``recover_channels``,
+`restore_channel`; the choice is in _channel_recovery.py) cures: that channel
+alone is reopened on the current link, its number kept, with the same plan's
+channel steps.
 
 The restore is an explicit plan (`Step` list, built per attempt), and each
 step has a failure policy (`Policy`): a connection-level failure (the link
@@ -52,6 +56,7 @@ import gevent
 from gevent.event import Event
 
 from . import channel as channel_control
+from ._channel_recovery import CHANNEL_ATTEMPTS
 from ._channel_state import ChannelState
 from ._topology import Topology
 from .exceptions import (
@@ -97,7 +102,8 @@ class RecoverySettings:
                  recovery_max_attempts: int | None = None,
                  recovery_deadline: float | None = None,
                  republish_unconfirmed: bool = False,
-                 recovery_wait_timeout: float = 60.0) -> None:
+                 recovery_wait_timeout: float = 60.0,
+                 recover_channels: bool | None = None) -> None:
         if recovery_delay_min < 0 or recovery_delay_max < recovery_delay_min:
             raise ValueError("need 0 <= recovery_delay_min <= recovery_delay_max")
         if recovery_max_attempts is not None and recovery_max_attempts < 1:
@@ -108,6 +114,7 @@ class RecoverySettings:
         self.deadline = recovery_deadline
         self.republish_unconfirmed = republish_unconfirmed
         self.wait_timeout = recovery_wait_timeout
+        self.recover_channels = recover_channels  # None: the parameters' choice
 
 
 def backoff_delay(attempt: int, delay_min: float, delay_max: float,
@@ -133,6 +140,8 @@ class RecoveryTarget(Protocol):
     def recovered(self) -> None: ...
     def gave_up(self, error: AMQPError) -> None: ...
     def queue_renamed(self, old: str, new: str) -> None: ...
+    def current_link(self) -> Link | None: ...
+    def release_private(self) -> None: ...
 
 
 class Policy(enum.Enum):
@@ -163,6 +172,8 @@ class Supervisor:
         self.recovered.set()
         self._greenlet: gevent.Greenlet | None = None
         self.attempts: list[float] = []  # loop times of reconnect attempts (for tests)
+        self._channel_restores: dict[Channel, gevent.Greenlet] = {}
+        self._channel_opens: dict[Channel, Any] = {}  # channel.open requests of channel recovery
 
     @property
     def recovering(self) -> bool:
@@ -178,6 +189,10 @@ class Supervisor:
         self._greenlet.name = "geamqp-supervisor"
 
     def stop(self) -> None:
+        restores, self._channel_restores = self._channel_restores, {}
+        for restore in restores.values():
+            if restore is not gevent.getcurrent():
+                restore.kill(block=False)
         greenlet, self._greenlet = self._greenlet, None
         if greenlet is not None and greenlet is not gevent.getcurrent():
             greenlet.kill(block=True, timeout=5)
@@ -344,6 +359,113 @@ class Supervisor:
                 return
             channel_control.restore_request(channel, consumer.consume_method())
         return restore
+
+
+    # ------------------------------------------------------------------ one channel
+
+    def restore_channel(self, channel: Channel) -> None:
+        """Channel recovery: the broker closed `channel` with a retriable code and it
+        is SUSPENDED. channel.open goes out at once, in the reader's turn, so the
+        number is never free for another channel to take; the restore greenlet (one
+        per channel) backs off after the open-ok, then restores modes and consumers."""
+        link = self.target.current_link()
+        if link is None:
+            return  # the link is going: the connection's recovery (or close) takes it
+        request = channel_control.begin_restore(channel, link)
+        if request is None:
+            return
+        self._channel_opens[channel] = request
+        if channel not in self._channel_restores:
+            greenlet = gevent.spawn(self._restore_channel, channel)
+            greenlet.name = f"geamqp-channel-recovery-{channel.channel_number}"
+            self._channel_restores[channel] = greenlet
+
+    def _restore_channel(self, channel: Channel) -> None:
+        try:
+            error: BaseException | None = None
+            for attempt in range(CHANNEL_ATTEMPTS):
+                request = self._channel_opens.pop(channel, None)
+                if request is None:
+                    return  # closed for good, or the connection's recovery has it
+                request.result.get()  # open-ok
+                gevent.sleep(backoff_delay(attempt, self.settings.delay_min,
+                                           self.settings.delay_max))
+                if channel in self._channel_opens:
+                    continue  # closed again (and reopened) meanwhile
+                if channel.state is not ChannelState.RESTORING or self.recovering:
+                    return
+                error = self._channel_attempt(channel)
+                if error is None:
+                    return
+                log.info("channel recovery attempt %d of channel %s failed: %s", attempt + 1,
+                         channel.channel_number, error)
+            failure = ChannelWrongStateError(
+                f"channel {channel.channel_number} not recovered after {CHANNEL_ATTEMPTS} "
+                f"attempts: {error}")
+            failure.__cause__ = error
+            log.error("%s", failure)
+            channel_control.fail_restore(channel, failure)
+        except AMQPError:
+            return  # the link died: the connection's recovery restores the channel
+        except Exception as exc:  # a bug must not leave the channel's waiters parked
+            log.exception("channel recovery failed unexpectedly")
+            channel_control.fail_restore(channel, ChannelWrongStateError(
+                f"channel {channel.channel_number} not recovered: {exc!r}"))
+        finally:
+            self._channel_restores.pop(channel, None)
+            self._channel_opens.pop(channel, None)
+            self.target.release_private()
+
+    def _channel_attempt(self, channel: Channel) -> AMQPChannelError | None:
+        """Restore the reopened `channel`; the error when the broker closed it again
+        with a retriable code (it is reopened already), else None."""
+        for step in self._channel_plan(channel):
+            if channel in self._channel_opens:
+                return ChannelWrongStateError(
+                    f"channel {channel.channel_number} closed again during its recovery")
+            if channel.state is not ChannelState.RESTORING:
+                return None  # closed meanwhile, or the link is lost
+            try:
+                step.run()
+            except AMQPChannelError as exc:
+                if channel in self._channel_opens:
+                    return exc
+                if channel.state is ChannelState.RESTORING:
+                    log.error("channel recovery: %s failed (%s); channel %s not restored",
+                              step.what, exc, channel.channel_number)
+                    channel_control.fail_restore(channel, exc)
+                return None
+        return None
+
+    def _channel_plan(self, channel: Channel) -> list[Step]:
+        """The restore of one reopened channel: `plan` without the reopen and with
+        only the topology its consumers need."""
+        number = channel.channel_number
+        steps = [Step(f"{m.NAME} on channel {number}", _requester(channel, m), channel)
+                 for m in channel_control.restore_steps(channel)]
+        # An auto-delete queue went with its last consumer when the channel closed: one
+        # this connection declared is declared (and bound) again before consuming.
+        topology = self.target.topology
+        for name in sorted(channel_control.queues_consumed(channel)):
+            record = topology.queues.get(name)
+            if record is not None and record.auto_delete:
+                steps.append(Step(f"queue {name!r}", self._queue_declarer(name), channel))
+                steps.append(Step(f"bindings of {name!r}", self._binder(name), channel))
+        steps += [Step(f"consumer {c.tag}", self._consumer_restorer(channel, c), channel)
+                  for c in channel_control.consumers_of(channel)]
+        steps.append(Step(f"finish channel {number}", _finisher(channel), channel))
+        return steps
+
+    def _binder(self, queue: str) -> Callable[[], None]:
+        def bind() -> None:
+            topology = self.target.topology
+            for binding in list(topology.bindings.values()):
+                if not binding.to_exchange and binding.destination == queue:
+                    source = topology.exchanges.get(binding.source)
+                    if source is not None and source.auto_delete:  # went with its binding
+                        self._declare_with_retries(source.declare())
+                    self._declare_with_retries(binding.bind())
+        return bind
 
 
 def _dropper(channel: Channel, channel_max: int) -> Callable[[], None]:

@@ -28,15 +28,25 @@ class Credentials:
 
 
 class PlainCredentials(Credentials):
-    """A username and password, sent with PLAIN (or AMQPLAIN if only that is offered)."""
+    """A username and password, sent with PLAIN (or AMQPLAIN if only that is offered).
+
+    `expires_at` (POSIX time, None: never) says when the password — e.g. an
+    OAuth 2 access token — stops being accepted; a connection given a
+    credentials provider asks it for fresh credentials ahead of that time.
+    """
 
     mechanism = "PLAIN"
 
-    __slots__ = ("_password", "username")
+    __slots__ = ("_password", "expires_at", "username")
 
-    def __init__(self, username: str, password: str) -> None:
+    def __init__(self, username: str, password: str, expires_at: float | None = None) -> None:
+        if expires_at is not None and (isinstance(expires_at, bool)
+                                       or not isinstance(expires_at, (int, float))):
+            raise TypeError(f"expires_at must be a POSIX time (float) or None, not "
+                            f"{type(expires_at).__name__}")
         self.username = username
         self._password = password
+        self.expires_at = None if expires_at is None else float(expires_at)
 
     @property
     def password(self) -> str:
