@@ -199,9 +199,20 @@ class Channel:
         return [tag for tag, c in self._consumers.items() if not c.orphaned]
 
     def _accepting(self) -> bool:
-        """Deliveries go to callbacks (OPEN, or RESTORING once a consumer is back)."""
+        """Manual-ack deliveries go to callbacks (OPEN, or RESTORING once a consumer
+        is back); while SUSPENDED the broker will redeliver them."""
         state = self._state
         return state is OPEN or state is RESTORING
+
+    def _not_ending(self) -> bool:
+        """Auto-ack deliveries are the application's once received: they still go to
+        callbacks while the channel is SUSPENDED (nothing will redeliver them), and
+        stop only when it is closing or closed."""
+        state = self._state
+        return state is not CLOSING and state is not CLOSED
+
+    def _live_for(self, auto_ack: bool) -> Callable[[], bool]:
+        return self._not_ending if auto_ack else self._accepting
 
     def _await_open(self) -> None:
         """Return when the channel is OPEN; wait out a recovery; raise otherwise."""
@@ -788,7 +799,7 @@ class Channel:
             on_message_callback = tm.wrap_consumer(tm.info, self.channel_number, queue,
                                                    on_message_callback)
         consumer = Consumer(self, tag, queue, on_message_callback, auto_ack, exclusive,
-                            arguments, executor, concurrency, live=self._accepting,
+                            arguments, executor, concurrency, live=self._live_for(auto_ack),
                             on_cancel=on_cancel, reconsume=reconsume_on_cancel)
         self._start_consumer(consumer)
         return tag
@@ -875,7 +886,7 @@ class Channel:
         tag = _new_tag()
         queue_: Queue = Queue()
         consumer = Consumer(self, tag, queue, None, auto_ack, exclusive, arguments, sink=queue_,
-                            live=self._accepting)
+                            live=self._live_for(auto_ack))
         self._start_consumer(consumer)
         try:
             while True:

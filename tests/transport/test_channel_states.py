@@ -233,3 +233,32 @@ def test_undispatched_deliveries_of_the_lost_connection(
         assert got == [b"m1", b"n1"], "deliveries of the lost connection were dispatched"
         stale = broker.frames((C.Basic.Ack, C.Basic.Nack, C.Basic.Reject), conn=1, after=-1)
         assert [r for r in stale if r.seq <= mark] == [], "an ack of the lost connection was sent"
+
+
+def test_auto_ack_deliveries_still_run_while_the_connection_is_suspended(
+        broker: FakeBroker, connect: Any) -> None:
+    """Auto-ack deliveries are the application's once received: if the callback ahead
+    of them finishes while the connection is still down, they run then, not never."""
+    conn, signals = connect(broker)
+    ch = conn.channel()
+    calls = Signals()
+    busy = Event()
+
+    def on_message(channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        calls.add("got", body)
+        if body == b"m1":
+            busy.wait(WAIT)
+
+    ch.basic_consume("q", on_message, auto_ack=True, consumer_tag="aa")
+    reconnect = broker.hold(1)  # the supervisor's reconnect stays unanswered
+    peer = broker.peer(0)
+    for tag in (1, 2, 3):
+        peer.deliver(1, "aa", tag, f"m{tag}".encode())
+    assert calls.wait("got") == (b"m1",)
+    peer.drop()
+    signals.wait("lost")
+    busy.set()  # m1's callback returns while the channel is SUSPENDED
+    assert calls.wait("got", count=3) == (b"m3",)
+    assert ch.state.value == "suspended"
+    reconnect.set()
+    signals.wait("recovered")
