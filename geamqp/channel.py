@@ -102,6 +102,7 @@ class ChannelHost(Protocol):
     def channel_ended(self, channel: Channel) -> None: ...
     def channel_closed(self, channel: Channel, error: ChannelClosedByBroker,
                        refused: Method | None) -> bool: ...
+    def nacked_before_any_ack(self, channel: Channel) -> None: ...
 
 
 class _Request:
@@ -146,6 +147,12 @@ class Channel:
         self._last_tag = 0
         self._republish: list[Confirmation] = []
         self._closer: gevent.Greenlet | None = None  # the greenlet inside close()
+        # A channel restored by a recovery whose first confirms are nacks may be pinned
+        # to a dead quorum leader (recovery.py, `refresh_channel`). A channel never
+        # restored is never refreshed: its nacks are the broker's word.
+        self._acked_since_open = False
+        self._opened_at = float("-inf")  # when a recovery last restored it
+        self._refreshes = 0  # reopens for a nack streak since the last ack
         self._restored = Event()  # cleared while a channel recovery of its own runs
         self._restored.set()
         self._recovered_callbacks: list[Callable[..., Any]] = []
@@ -303,9 +310,14 @@ class Channel:
     def on_link_method(self, method: Method) -> None:
         kind = type(method)
         if kind is Basic.Ack:
+            if not self._acked_since_open:
+                self._acked_since_open = True
+                self._refreshes = 0  # the streak is over
             self._on_confirm(method.delivery_tag, method.multiple, True)  # type: ignore[attr-defined]
         elif kind is Basic.Nack:
             self._on_confirm(method.delivery_tag, method.multiple, False)  # type: ignore[attr-defined]
+            if not self._acked_since_open:
+                self._host.nacked_before_any_ack(self)
         elif kind is Basic.Cancel:
             self._on_broker_cancel(method)  # type: ignore[arg-type]
         elif kind is ChannelSpec.Flow:
@@ -975,6 +987,48 @@ def suspend_closed(channel: Channel, error: AMQPError, republish: bool) -> bool:
     return True
 
 
+def nack_streak(channel: Channel) -> tuple[float, int]:
+    """(seconds since a recovery restored the channel — infinite if none did —,
+    reopens in this streak)."""
+    return time.monotonic() - channel._opened_at, channel._refreshes
+
+
+def close_to_refresh(channel: Channel, error: AMQPError, republish: bool,
+                     reopen: Callable[[], None]) -> bool:
+    """OPEN -> SUSPENDED by our own channel.close (a nack streak: the channel holds a
+    stale queue leader); `reopen()` runs once the broker's close-ok has freed the
+    number. In-flight publishes end as after a loss. False when not OPEN."""
+    if channel._state is not OPEN or not channel._transition(ChannelEvent.RETRIABLE_CLOSE):
+        return False
+    channel._restored.clear()
+    channel._refreshes += 1
+    _release_suspended(channel, error, republish)
+    link, number = channel._link, channel.channel_number
+    link.detach(number, channel)
+    link.attach(number, _CloseWaiter(reopen))
+    link.close_channel(number, 200, "Reopening: confirms were nacked")
+    return True  # (a link that cannot send it is going: connection recovery takes over)
+
+
+class _CloseWaiter:
+    """Stands in for a channel on its link until its close-ok (then `reopen`)."""
+
+    def __init__(self, reopen: Callable[[], None]) -> None:
+        self._reopen = reopen
+
+    def on_link_opened(self) -> None:
+        pass
+
+    def on_link_method(self, method: Method) -> None:
+        pass  # a late ack or nack for the closed channel: its publishes already ended
+
+    def on_link_content(self, method: Method, properties: BasicProperties, body: bytes) -> None:
+        pass  # deliveries after close are dropped; the broker requeues them
+
+    def on_link_closed(self, reply_code: int, reply_text: str, by_peer: bool) -> None:
+        self._reopen()
+
+
 def _release_suspended(channel: Channel, error: AMQPError, republish: bool) -> None:
     if channel._held is not None:
         channel._held.clear()  # the broker requeued them
@@ -1072,6 +1126,8 @@ def finish_restore(channel: Channel) -> None:
     """RESTORING -> OPEN; republish what the user asked to."""
     if not channel._transition(ChannelEvent.RESTORED):
         return
+    channel._acked_since_open = False
+    channel._opened_at = time.monotonic()
     pending, channel._republish = channel._republish, []
     link = channel._link
     for confirmation in pending:

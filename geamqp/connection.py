@@ -602,6 +602,17 @@ class _Host:
         supervisor.restore_channel(channel)
         return True
 
+    def nacked_before_any_ack(self, channel: Channel) -> None:
+        """A nack before any ack on `channel` since it opened: a stale quorum leader
+        may hold it; the supervisor reopens it (recovery.Supervisor.refresh_channel)."""
+        conn = self.connection
+        supervisor = conn._supervisor
+        if (supervisor is None or supervisor.recovering or conn._app_closing
+                or not conn._recover_channels
+                or conn._channels.get(channel.channel_number) is not channel):
+            return
+        supervisor.refresh_channel(channel)
+
     # for links (_link.LinkHandler): reports of a link that is not current are stale
 
     def link_lost(self, link: Link, error: AMQPError) -> None:

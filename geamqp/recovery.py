@@ -93,6 +93,10 @@ _REFUSED_CODES = (403, 530, 402)
 _RETRIED_CODES = (404, 405)  # NOT_FOUND (node gone), RESOURCE_LOCKED (old exclusive owner)
 _ENTITY_RETRIES = 5
 _GONE = (ChannelState.CLOSING, ChannelState.CLOSED)
+# A nack streak right after a channel was opened or restored reopens it (see
+# `Supervisor.refresh_channel`): only within this many seconds, at most this often.
+_REFRESH_WINDOW = 30.0
+_REFRESH_LIMIT = 20
 
 
 class RecoverySettings:
@@ -362,6 +366,30 @@ class Supervisor:
 
 
     # ------------------------------------------------------------------ one channel
+
+    def refresh_channel(self, channel: Channel) -> None:
+        """A confirm-mode channel whose confirms since a recovery restored it are all
+        nacks: reopen it on the same link (issue 13, measured on RabbitMQ 3.10.8).
+
+        A channel that first publishes to a quorum queue while the survivors of a
+        node failure have not elected a new leader yet (0.2-0.3 s after the loss,
+        just when a fast recovery reopens it) keeps the dead leader: the broker
+        nacks every publish on it until that node returns, seconds to minutes
+        later. A new channel picks up the new leader. Only a channel restored within
+        `_REFRESH_WINDOW` seconds and nacked before any ack qualifies, so the nacks
+        of a healthy channel (reject-publish overflow) are left alone; a streak is
+        bounded by `_REFRESH_LIMIT` reopens, each after the channel recovery's
+        back-off. The nacks still reach their publishers; publishes in flight at a
+        reopen end as after a loss (PublishOutcomeUnknown, or republished)."""
+        since_open, refreshes = channel_control.nack_streak(channel)
+        if since_open > _REFRESH_WINDOW or refreshes >= _REFRESH_LIMIT:
+            return
+        error = ChannelWrongStateError(
+            f"channel {channel.channel_number} reopened: its publishes were nacked since "
+            f"it was opened (a stale quorum queue leader)")
+        log.warning("%s", error)
+        channel_control.close_to_refresh(channel, error, self.settings.republish_unconfirmed,
+                                         lambda: self.restore_channel(channel))
 
     def restore_channel(self, channel: Channel) -> None:
         """Channel recovery: the broker closed `channel` with a retriable code and it

@@ -153,15 +153,13 @@ def test_publishing_resumes_after_reopening_a_nacked_channel(three_nodes: Module
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs core change: after a recovery, a channel whose "
-                   "publishes are nacked keeps the dead quorum leader cached by the broker "
-                   "until that node returns; the core should reopen it (see the report)")
 def test_publishing_resumes_without_the_dead_node(three_nodes: ModuleType,
                                                   quorum_queue: str) -> None:
     """Goal of the issue: under 2 s from the loss to a confirmed publish on the same
     Channel object, node a still dead (nacks meanwhile are allowed). A zero back-off
-    reconnects in ~20-80 ms, before the election (~0.25 s), so today the restored channel
-    is nacked until a returns."""
+    reconnects in ~20-80 ms, before the election (~0.25 s): the restored channel is
+    nacked (the broker keeps the dead leader) until the supervisor reopens it
+    (recovery.Supervisor.refresh_channel)."""
     conn = _connect("abc", three_nodes, recovery_delay_min=0.0, recovery_delay_max=0.01)
     try:
         channel = conn.channel()
