@@ -217,10 +217,6 @@ class Link:
     def closing(self) -> bool:
         return self.engine.state.value == "closing"
 
-    def flush(self, timeout: float | None = None) -> bool:
-        transport = self.transport
-        return transport is not None and transport.flush(timeout)
-
     # ------------------------------------------------------------------ ending
 
     def abort(self) -> None:

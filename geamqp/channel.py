@@ -75,6 +75,14 @@ OPENING, OPEN, CLOSING, CLOSED = (ChannelState.OPENING, ChannelState.OPEN,
 SUSPENDED, RESTORING = ChannelState.SUSPENDED, ChannelState.RESTORING
 
 
+def _explain_publish_error(exchange: Any, routing_key: Any, body: Any) -> None:
+    """The encoder failed on a publish's arguments: raise the TypeError naming the
+    first wrong one (else the caller re-raises the encoder's own error)."""
+    _require_str("exchange", exchange, "routing_key", routing_key)
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError(f"body must be bytes or str, not {type(body).__name__}") from None
+
+
 def _new_tag() -> str:
     return f"ctag{next(_tag_counter)}.{_TAG_SUFFIX}"
 
@@ -658,24 +666,13 @@ class Channel:
             seqno = link.publish(self.channel_number, exchange, routing_key, body, properties,
                                  mandatory)
         except (AttributeError, TypeError):  # free on the hot path until it happens
-            _require_str("exchange", exchange, "routing_key", routing_key)
-            if not isinstance(body, (bytes, bytearray, memoryview)):
-                raise TypeError(f"body must be bytes or str, not {type(body).__name__}") from None
+            _explain_publish_error(exchange, routing_key, body)
             raise
-        confirmation = None
         if seqno:
-            # Registered before anything can yield: the ack, or the channel's
-            # close, may arrive while back-pressure parks this greenlet below.
-            confirmation = Confirmation(seqno, exchange, routing_key, body, properties,
-                                        mandatory)
-            self._confirms[seqno] = confirmation
+            return self._confirmed(link, seqno, exchange, routing_key, body, properties,
+                                   mandatory, wait, 0.0)
         link.push()
-        if confirmation is None:
-            return None
-        if wait:
-            confirmation.wait()
-            return None
-        return confirmation
+        return None
 
     def _publish_observed(self, exchange: str, routing_key: str, body: bytes,
                           properties: BasicProperties | None, mandatory: bool,
@@ -685,19 +682,30 @@ class Channel:
         tm, link, number = self._tm, self._link, self.channel_number
         if tm.before_publish is not None:
             properties = tm.before_publish(tm.info, number, exchange, routing_key, properties)
-        seqno = link.publish(number, exchange, routing_key, body, properties, mandatory)
+        try:
+            seqno = link.publish(number, exchange, routing_key, body, properties, mandatory)
+        except (AttributeError, TypeError):
+            _explain_publish_error(exchange, routing_key, body)
+            raise
         if tm.published is not None:
             tm.published(tm.info, number, exchange, routing_key, len(body))
-        confirmation = None
         if seqno:
-            confirmation = Confirmation(seqno, exchange, routing_key, body, properties,
-                                        mandatory)
-            if tm.times_confirms:
-                confirmation.sent_at = time.monotonic()
-            self._confirms[seqno] = confirmation
+            return self._confirmed(link, seqno, exchange, routing_key, body, properties,
+                                   mandatory, wait, time.monotonic() if tm.times_confirms else 0.0)
         link.push()
-        if confirmation is None:
-            return None
+        return None
+
+    def _confirmed(self, link: Link, seqno: int, exchange: str, routing_key: str, body: bytes,
+                   properties: BasicProperties | None, mandatory: bool, wait: bool,
+                   sent_at: float) -> Confirmation | None:
+        """A publish in confirm mode, queued as `seqno`: its Confirmation is registered
+        before anything can yield (the ack, or the channel's close, may arrive while
+        back-pressure parks this greenlet in push()), then waited for unless `wait`
+        is False."""
+        confirmation = Confirmation(seqno, exchange, routing_key, body, properties, mandatory)
+        confirmation.sent_at = sent_at
+        self._confirms[seqno] = confirmation
+        link.push()
         if wait:
             confirmation.wait()
             return None
